@@ -1,0 +1,52 @@
+# Two commands do everything on a fresh machine with python3, make and git:
+#   make run   - set up, then build the quickstart dataset through `dvc repro`
+#   make test  - set up, then run the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+# A machine whose pip is configured with a find-links folder (e.g. a local CPU torch wheel)
+# gets it here too; read at run time so no committed file names a machine's path.
+FIND_LINKS := $(shell python3 -m pip config get global.find-links 2>/dev/null)
+UV_FIND_LINKS := $(foreach d,$(FIND_LINKS),--find-links $(d))
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench lint lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	# uv resolves in seconds where pip's resolver backtracks for >10 minutes on this set.
+	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet $(UV_FIND_LINKS) \
+		-r requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+# The venv's bin goes first on PATH so dvc's stage commands find `ganforge`.
+run: export PATH := $(abspath $(VENV))/bin:$(PATH)
+run: setup
+	dvc repro
+	ganforge data verify data/quickstart
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Re-pin every dependency. torch is pinned without a local version tag so a GPU machine
+# takes the registry's CUDA build of the same release.
+lock: 
+	test -x $(UV) || (python3 -m venv $(VENV) && $(PY) -m pip install --quiet uv==$(UV_VERSION))
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 $(UV_FIND_LINKS) --no-header -o requirements.lock
+	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache benchmarks/results

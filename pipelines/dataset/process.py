@@ -1,0 +1,107 @@
+"""Pool-worker side of a build: inputs → validated RGB → pyramid PNGs in a chunk spool.
+
+Runs in plain worker processes (no Prefect import): each chunk's encoded pyramids go to one
+spool file plus a JSON list of per-input records, both written atomically, so a killed build
+resumes from the chunks already on disk. Shards are assembled from spools afterwards, once
+duplicates are known and the seeded order is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
+from pipelines.dataset.sources import InputRef, read_input
+from pipelines.dataset.validate import Reason, Rejected, decode, pixel_digest
+from trainers.data.format import write_atomic
+
+
+@dataclass
+class InputRecord:
+    index: int
+    path: str
+    reason: str | None = None  # a validate.Reason value; None means accepted
+    detail: str = ""
+    conversions: list[str] = field(default_factory=list)
+    original_size: list[int] | None = None  # [width, height]
+    pixel_digest: str | None = None
+    content_sha256: str = ""  # of the raw input bytes; feeds the source digest
+    chunk_index: int = -1
+    spool: dict[str, list[int]] = field(default_factory=dict)  # str(resolution) -> [offset, n]
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    config: BuildDatasetConfig
+    chunk_index: int
+    inputs: list[InputRef]
+    work_dir: Path
+
+
+def spool_paths(work_dir: Path, chunk_index: int) -> tuple[Path, Path]:
+    stem = work_dir / f"chunk-{chunk_index:06d}"
+    return stem.with_suffix(".bin"), stem.with_suffix(".json")
+
+
+def load_chunk_records(work_dir: Path, chunk_index: int) -> list[InputRecord] | None:
+    """Records of a chunk finished by an earlier (possibly killed) build, or None."""
+    _, records_path = spool_paths(work_dir, chunk_index)
+    if not records_path.is_file():
+        return None
+    return [InputRecord(**r) for r in json.loads(records_path.read_bytes())]
+
+
+def process_chunk(spec: ChunkSpec) -> list[InputRecord]:
+    config = spec.config
+    spool = bytearray()
+    records = []
+    for ref in spec.inputs:
+        record = InputRecord(index=ref.index, path=ref.path, chunk_index=spec.chunk_index)
+        try:
+            if config.source is SourceKind.synthetic:
+                from pipelines.dataset.synthetic import render_face
+
+                image = render_face(config.seed, ref.index, config.max_resolution)
+                record.original_size = [config.max_resolution, config.max_resolution]
+            else:
+                assert config.input is not None
+                try:
+                    raw = read_input(Path(config.input), ref.path)
+                except OSError as error:
+                    raise Rejected(Reason.read_error, f"{type(error).__name__}: {error}") from None
+                record.content_sha256 = hashlib.sha256(raw).hexdigest()
+                decoded = decode(raw, config.max_resolution)
+                image, record.conversions = decoded.image, decoded.conversions
+                record.original_size = list(decoded.original_size)
+            record.pixel_digest = pixel_digest(image)
+            for resolution, pixels in sorted(
+                box_pyramid(square_master(image, config.max_resolution)).items()
+            ):
+                png = encode_png(pixels, config.png_compress_level)
+                record.spool[str(resolution)] = [len(spool), len(png)]
+                spool += png
+        except Rejected as rejected:
+            record.reason, record.detail = rejected.reason.value, rejected.detail
+        records.append(record)
+    spool_path, records_path = spool_paths(spec.work_dir, spec.chunk_index)
+    write_atomic(spool_path, bytes(spool))
+    # The records file is the chunk's completion mark: written after its spool.
+    write_atomic(records_path, json.dumps([dataclasses.asdict(r) for r in records]).encode())
+    return records
+
+
+def read_spooled(work_dir: Path, record: InputRecord, resolution: int) -> bytes:
+    offset, length = record.spool[str(resolution)]
+    spool_path, _ = spool_paths(work_dir, record.chunk_index)
+    with open(spool_path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)

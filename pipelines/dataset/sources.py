@@ -1,0 +1,95 @@
+"""Where inputs come from: a stable, indexed list of them, and a way to read each one."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePosixPath
+
+from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+
+class SourceError(Exception):
+    """The source itself is unusable (missing path, unreadable archive): nothing can be built."""
+
+
+@dataclass(frozen=True)
+class InputRef:
+    index: int  # position in the source's stable order; fixes the sample key
+    path: str  # relative path inside the source (synthetic: "synthetic/<seed>/<index>")
+
+
+@dataclass(frozen=True)
+class Listing:
+    inputs: list[InputRef]
+    ignored: list[str]  # files skipped because their extension is not an image's
+    digest: str  # sha256 of the listing itself; content hashes are added as inputs are read
+
+
+def list_inputs(config: BuildDatasetConfig) -> Listing:
+    if config.source is SourceKind.synthetic:
+        from pipelines.dataset.synthetic import GENERATOR_VERSION
+
+        assert config.num_images is not None
+        refs = [InputRef(i, f"synthetic/{config.seed}/{i}") for i in range(config.num_images)]
+        identity = f"synthetic-v{GENERATOR_VERSION}:seed={config.seed}:n={config.num_images}"
+        return Listing(refs, [], hashlib.sha256(identity.encode()).hexdigest())
+    assert config.input is not None
+    names = _archive_names(Path(config.input))
+    images = sorted(n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS)
+    ignored = sorted(n for n in names if PurePosixPath(n).suffix.lower() not in IMAGE_EXTENSIONS)
+    if config.num_images is not None:
+        images = images[: config.num_images]
+    if not images:
+        raise SourceError(
+            f"no images in {config.input} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    listing_digest = hashlib.sha256("\n".join(images).encode()).hexdigest()
+    return Listing([InputRef(i, n) for i, n in enumerate(images)], ignored, listing_digest)
+
+
+def _archive_names(root: Path) -> list[str]:
+    """Every regular file's path relative to the folder or archive, POSIX separators."""
+    if not root.exists():
+        raise SourceError(f"--input {root} does not exist")
+    try:
+        if root.is_dir():
+            return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        if zipfile.is_zipfile(root):
+            with zipfile.ZipFile(root) as archive:
+                return [i.filename for i in archive.infolist() if not i.is_dir()]
+        if tarfile.is_tarfile(root):
+            with tarfile.open(root) as archive:
+                return [m.name for m in archive.getmembers() if m.isfile()]
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise SourceError(f"cannot read --input {root}: {error}") from error
+    raise SourceError(f"--input {root} is neither a folder nor a .zip or .tar archive")
+
+
+def read_input(root: Path, name: str) -> bytes:
+    """Raw bytes of one input (runs in pool workers; archives are opened once per process)."""
+    if root.is_dir():
+        return (root / name).read_bytes()
+    archive = _open_archive(root)
+    if isinstance(archive, zipfile.ZipFile):
+        return archive.read(name)
+    member = archive.extractfile(_tar_members(root)[name])
+    assert member is not None
+    return member.read()
+
+
+@cache
+def _open_archive(root: Path) -> zipfile.ZipFile | tarfile.TarFile:
+    return zipfile.ZipFile(root) if zipfile.is_zipfile(root) else tarfile.open(root)
+
+
+@cache
+def _tar_members(root: Path) -> dict[str, tarfile.TarInfo]:
+    archive = _open_archive(root)
+    assert isinstance(archive, tarfile.TarFile)
+    return {m.name: m for m in archive.getmembers()}

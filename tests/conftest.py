@@ -1,0 +1,67 @@
+"""Shared fixtures: one Prefect test server per session, small datasets built once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """Prefect's own test harness (a real API server on a temp SQLite database).
+
+    Yields its URL so subprocesses (`ganforge`, `dvc repro`) can use the same server
+    instead of each starting an ephemeral one.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(prefect_api: str) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return os.environ | {"PREFECT_API_URL": prefect_api, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def ganforge(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, **kw):
+    """Run the real console script, as a user would."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ganforge"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        **kw,
+    )
+
+
+def build(out: Path, **options):
+    """Run the build flow in-process (against the session's Prefect test server)."""
+    from pipelines.dataset.config import BuildDatasetConfig
+    from pipelines.dataset.flow import build_dataset
+
+    workers = options.pop("workers", 1)
+    return build_dataset(BuildDatasetConfig(out=out, **options), workers=workers)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def small_dataset(prefect_api, tmp_path_factory) -> Path:
+    """40 synthetic faces up to 32², 3 shards of 16/16/8 per resolution."""
+    out = tmp_path_factory.mktemp("datasets") / "small"
+    build(out, num_images=40, max_resolution=32, shard_size=16, seed=3, workers=2)
+    return out

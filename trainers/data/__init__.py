@@ -1,0 +1,1 @@
+"""Dataset format and the shard reader used by training."""

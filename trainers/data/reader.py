@@ -1,0 +1,151 @@
+"""Stream one resolution of a dataset as float NCHW batches in [-1, 1] for DDP training.
+
+Shards are split by rank, then by loader worker (disjoint while there are enough of them),
+and resampled with replacement inside each split, so the stream never runs dry: every rank
+yields exactly `batches_per_epoch` batches per epoch whatever the shard count and world size,
+and no rank waits at an epoch end for another (the hang of uneven DDP epochs).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from trainers.data.format import (
+    IMAGE_EXTENSION,
+    DatasetNotFoundError,
+    load_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+def assign_shards(urls: list[str], rank: int, world_size: int, worker: int, workers: int):
+    """This (rank, loader worker)'s shards: disjoint slices while there are enough, shared
+    (with different resampling seeds) when there are fewer shards than readers."""
+    by_rank = urls[rank::world_size] if len(urls) >= world_size else urls
+    return by_rank[worker::workers] if len(by_rank) >= workers else by_rank
+
+
+def decode_image(png: bytes) -> torch.Tensor:
+    """PNG bytes -> uint8 [3, H, W]."""
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.array(image.convert("RGB"))  # a writable copy torch may own
+    return torch.from_numpy(pixels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+
+
+def to_model_range(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 in [-1, 1]."""
+    return batch.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class ShardReader:
+    """Iterable of float batches [batch_size, 3, R, R] for one rank; len() batches per epoch."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+    ):
+        manifest = load_manifest(Path(root))
+        shards = manifest.shards_at(resolution)
+        if not shards:
+            raise DatasetNotFoundError(
+                f"{root} has no shards at resolution {resolution} (it has "
+                f"{manifest.resolutions}); build them with `ganforge data build --out {root} "
+                f"--max-resolution {max(resolution, max(manifest.resolutions))}`"
+            )
+        self.urls = [str(Path(root) / s.path) for s in shards]
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        samples = sum(s.count for s in shards)
+        # Default: one pass over the data in expectation, the same count on every rank.
+        self.batches_per_epoch = batches_per_epoch or max(1, samples // (batch_size * world_size))
+        self.epoch = 0
+        self._skipped = multiprocessing.get_context().Value("q", 0)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    @property
+    def skipped(self) -> int:
+        """Corrupt samples (or unreadable shard parts) skipped so far, over all loader workers."""
+        return self._skipped.value
+
+    def _stream_seed(self) -> list[int]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        return [self.seed, self.epoch, self.rank, worker]
+
+    def _shard_urls(self) -> Iterator[dict]:
+        """Endless resampled shard URLs for this rank and loader worker."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        urls = assign_shards(self.urls, self.rank, self.world_size, worker, workers)
+        rng = random.Random(str(self._stream_seed()))
+        while True:
+            yield {"url": rng.choice(urls)}
+
+    def _shuffle(self, samples: Iterator[dict]) -> Iterator[dict]:
+        rng = random.Random(str(self._stream_seed() + ["shuffle"]))
+        return wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng)(samples)
+
+    def _skip(self, error: Exception) -> bool:
+        """webdataset handler: count, warn and go on (never raise, never hang)."""
+        with self._skipped.get_lock():
+            self._skipped.value += 1
+        log.warning("skipping corrupt data: %s", error)
+        return True
+
+    def _decode(self, sample: dict) -> torch.Tensor | None:
+        try:
+            image = decode_image(sample[IMAGE_EXTENSION])
+        except (KeyError, OSError, ValueError) as error:
+            self._skip(ValueError(f"{sample.get('__url__')}:{sample.get('__key__')}: {error}"))
+            return None
+        if image.shape[1:] != (self.resolution, self.resolution):
+            self._skip(ValueError(f"{sample.get('__key__')}: size {tuple(image.shape[1:])}"))
+            return None
+        return image
+
+    def _pipeline(self) -> wds.DataPipeline:
+        return wds.DataPipeline(
+            self._shard_urls,
+            wds.tarfile_to_samples(handler=self._skip),
+            self._shuffle,
+            wds.map(self._decode),
+            wds.select(lambda image: image is not None),
+            wds.batched(self.batch_size, collation_fn=torch.stack, partial=False),
+        )
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        loader = wds.WebLoader(
+            self._pipeline(),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        ).with_epoch(self.batches_per_epoch)
+        self.epoch += 1  # next epoch resamples differently
+        for batch in loader:
+            yield to_model_range(batch)
