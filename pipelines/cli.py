@@ -141,9 +141,7 @@ def data_build(
     }
     try:
         section = _params_section(params, "build_dataset") if params else {}
-        config = BuildDatasetConfig(
-            **(section | {k: v for k, v in given.items() if v is not None})
-        )
+        config = BuildDatasetConfig(**(section | {k: v for k, v in given.items() if v is not None}))
     except ValidationError as error:
         raise _fail(config_error_message(error), USAGE_ERROR) from None
     except ValueError as error:

@@ -49,8 +49,13 @@ def make_messy_folder(root: Path) -> dict[str, str]:
 def test_every_input_is_accounted_for(prefect_api, tmp_path):
     expected = make_messy_folder(tmp_path / "in")
     result = build(
-        tmp_path / "out", source="folder", input=tmp_path / "in", num_images=None,
-        max_resolution=32, shard_size=4, max_reject_fraction=0.5,
+        tmp_path / "out",
+        source="folder",
+        input=tmp_path / "in",
+        num_images=None,
+        max_resolution=32,
+        shard_size=4,
+        max_reject_fraction=0.5,
     )
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert report["inputs"] == 20 == report["accepted"] + report["rejected"]
@@ -69,8 +74,13 @@ def test_every_input_is_accounted_for(prefect_api, tmp_path):
 def test_reject_fraction_above_limit_fails_after_writing_report(prefect_api, tmp_path):
     make_messy_folder(tmp_path / "in")
     with pytest.raises(BuildFailed, match=r"5 of 20 inputs rejected \(25.00% > .*1.00%\)"):
-        build(tmp_path / "out", source="folder", input=tmp_path / "in", num_images=None,
-              max_resolution=32)
+        build(
+            tmp_path / "out",
+            source="folder",
+            input=tmp_path / "in",
+            num_images=None,
+            max_resolution=32,
+        )
     assert json.loads((tmp_path / "out/report.json").read_text())["rejected"] == 5
     assert not (tmp_path / "out/manifest.json").exists()
 
@@ -87,8 +97,14 @@ def test_zip_and_tar_sources_equal_the_folder(prefect_api, tmp_path):
     digests = set()
     for source in ("in", "in.zip", "in.tar"):
         out = tmp_path / f"out-{source}"
-        build(out, source="folder", input=tmp_path / source, num_images=None, max_resolution=32,
-              shard_size=4)
+        build(
+            out,
+            source="folder",
+            input=tmp_path / source,
+            num_images=None,
+            max_resolution=32,
+            shard_size=4,
+        )
         digests.add(json.dumps(tree_bytes(out)["r0032/shard-000000.tar"].hex()))
     assert len(digests) == 1
 
@@ -133,21 +149,38 @@ def test_verify_names_corrupted_missing_and_extra_shards(small_dataset, tmp_path
     assert result.extra == ["r0032/shard-000099.tar"]
     cli = ganforge("data", "verify", str(copy))
     assert cli.returncode == 1
-    for name in ("corrupted: r0016/shard-000001.tar", "missing: r0008/shard-000002.tar",
-                 "extra: r0032/shard-000099.tar"):
+    for name in (
+        "corrupted: r0016/shard-000001.tar",
+        "missing: r0008/shard-000002.tar",
+        "extra: r0032/shard-000099.tar",
+    ):
         assert name in cli.stderr
 
 
 def test_sigkill_midway_then_rerun_gives_identical_output(subprocess_env, tmp_path):
-    args = ["data", "build", "--num-images", "256", "--max-resolution", "64",
-            "--shard-size", "32", "--seed", "5", "--workers", "2"]
+    args = [
+        "data",
+        "build",
+        "--num-images",
+        "256",
+        "--max-resolution",
+        "64",
+        "--shard-size",
+        "32",
+        "--seed",
+        "5",
+        "--workers",
+        "2",
+    ]
     reference = tmp_path / "reference"
     assert ganforge(*args, "--out", str(reference), env=subprocess_env).returncode == 0
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "ganforge"), *args, "--out", str(killed)],
-        env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=subprocess_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
@@ -171,8 +204,10 @@ def test_rebuild_with_other_params_leaves_no_stale_shards(prefect_api, tmp_path)
     build(out, num_images=20, max_resolution=16, shard_size=5)
     build(out, num_images=10, max_resolution=8, shard_size=5)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tar")) == [
-        "r0004/shard-000000.tar", "r0004/shard-000001.tar",
-        "r0008/shard-000000.tar", "r0008/shard-000001.tar",
+        "r0004/shard-000000.tar",
+        "r0004/shard-000001.tar",
+        "r0008/shard-000000.tar",
+        "r0008/shard-000001.tar",
     ]
     assert verify_dataset(out).ok
     np.testing.assert_equal(load_manifest(out).counts.accepted, 10)

@@ -35,8 +35,15 @@ def test_three_shards_two_ranks_equal_batch_counts_and_disjoint_data(small_datas
     assert len(manifest.shards_at(8)) == 3  # 16 + 16 + 8 samples: does not divide by 2
     results = [
         fingerprints(
-            ShardReader(small_dataset, 8, batch_size=4, rank=rank, world_size=2, num_workers=2,
-                        batches_per_epoch=7)
+            ShardReader(
+                small_dataset,
+                8,
+                batch_size=4,
+                rank=rank,
+                world_size=2,
+                num_workers=2,
+                batches_per_epoch=7,
+            )
         )
         for rank in (0, 1)
     ]
@@ -45,7 +52,9 @@ def test_three_shards_two_ranks_equal_batch_counts_and_disjoint_data(small_datas
 
 
 def test_default_epoch_is_one_pass_with_equal_counts(small_dataset):
-    counts = [len(ShardReader(small_dataset, 4, batch_size=5, rank=r, world_size=2)) for r in (0, 1)]
+    counts = [
+        len(ShardReader(small_dataset, 4, batch_size=5, rank=r, world_size=2)) for r in (0, 1)
+    ]
     assert counts == [4, 4]  # 40 samples // (5 per rank * 2 ranks)
     reader = ShardReader(small_dataset, 4, batch_size=5, rank=1, world_size=2, num_workers=2)
     assert sum(1 for _ in reader) == 4 and sum(1 for _ in reader) == 4  # every epoch

@@ -1,0 +1,278 @@
+"""Benchmark 1: dataset build throughput against a plain PIL loop doing the same image work.
+
+Cases: (a) synthetic faces -> 256² pyramid, (b) a folder of 1024² JPEGs -> pyramid up to 256².
+Each case runs half of its baseline loop, the builds (1 and 2 workers), then the other half of
+the baseline, so machine-load drift during the case hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmarks.common import CpuSnapshot, Row, figure
+
+MAX_RESOLUTION = 256
+TARGETS = {1: 0.8, 2: 1.5}  # build rate / baseline rate, by worker count
+SYNTHETIC_SEED = 0
+
+PREFECT_ENV = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
+def set_prefect_env() -> None:
+    """Must run before prefect is first imported; a value the user already set wins."""
+    for key, value in PREFECT_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def pyramid_sizes(max_resolution: int) -> list[int]:
+    return [2**p for p in range(2, max_resolution.bit_length()) if 2**p <= max_resolution]
+
+
+# --- baselines: plain PIL, no framework, one process ---------------------------------------
+
+
+def _encode_pyramid(master, compress_level: int) -> int:
+    """Resize master (max_resolution², RGB) to every smaller power of two with PIL's Lanczos and
+    PNG-encode every level, master included; returns the encoded bytes."""
+    from PIL import Image
+
+    total = 0
+    for size in pyramid_sizes(master.size[0]):
+        level = master if size == master.size[0] else master.resize((size, size), Image.LANCZOS)
+        buffer = io.BytesIO()
+        level.save(buffer, format="PNG", compress_level=compress_level)
+        total += buffer.tell()
+    return total
+
+
+def baseline_synthetic(indices: Sequence[int], compress_level: int) -> float:
+    """render_face at 256², then resize + PNG-encode; returns seconds."""
+    from pipelines.dataset.synthetic import render_face
+
+    started = time.perf_counter()
+    for i in indices:
+        _encode_pyramid(render_face(SYNTHETIC_SEED, i, MAX_RESOLUTION), compress_level)
+    return time.perf_counter() - started
+
+
+def baseline_jpeg(paths: Sequence[Path], compress_level: int) -> float:
+    """Read each JPEG, full decode (no draft scaling), Lanczos to 256², then every smaller level
+    from that 256² master, PNG-encode each; returns seconds."""
+    from PIL import Image
+
+    started = time.perf_counter()
+    for path in paths:
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
+            image.load()
+            master = image.convert("RGB").resize((MAX_RESOLUTION, MAX_RESOLUTION), Image.LANCZOS)
+        _encode_pyramid(master, compress_level)
+    return time.perf_counter() - started
+
+
+# --- the flow -----------------------------------------------------------------------------
+
+
+@contextmanager
+def orchestrator(warmup_root: Path) -> Iterator[dict]:
+    """Prefect's test harness (one API server subprocess on a temp SQLite database) plus one tiny
+    warm-up build; yields how long those took, which is paid once per process."""
+    set_prefect_env()
+    started = time.perf_counter()
+    from prefect.testing.utilities import prefect_test_harness
+
+    from pipelines.dataset.config import BuildDatasetConfig
+    from pipelines.dataset.flow import build_dataset
+
+    imported = time.perf_counter()
+    with prefect_test_harness(server_startup_timeout=180):
+        server_up = time.perf_counter()
+        config = BuildDatasetConfig(
+            out=warmup_root / "warmup", num_images=8, max_resolution=8, seed=SYNTHETIC_SEED
+        )
+        build_dataset(config, workers=1)
+        warm = time.perf_counter()
+        shutil.rmtree(warmup_root / "warmup", ignore_errors=True)
+        yield {
+            "orchestrator_start_s": warm - started,
+            "import_s": imported - started,
+            "api_server_start_s": server_up - imported,
+            "warmup_build_s": warm - server_up,
+            "warmup_build": {"num_images": 8, "max_resolution": 8, "workers": 1},
+        }
+
+
+def run_build(config, workers: int) -> dict:
+    from pipelines.dataset.flow import build_dataset
+
+    before = CpuSnapshot.take()
+    started = time.perf_counter()
+    result = build_dataset(config, workers=workers)
+    wall = time.perf_counter() - started
+    cpu = CpuSnapshot.take().since(before)
+    accepted = result.report["accepted"]
+    return {
+        "workers": workers,
+        "accepted": accepted,
+        "rejected": result.report["rejected"],
+        "shards": len(result.manifest.shards),
+        "total_bytes": result.manifest.total_bytes,
+        "in_flow_seconds": result.seconds,
+        "wall_seconds": wall,
+        "images_per_s_in_flow": accepted / result.seconds,
+        "images_per_s_wall": accepted / wall,
+        "flow_call_overhead_s": wall - result.seconds,
+        # exited children = the spawn pool's workers; long-lived = Prefect's API server
+        "cpu": cpu,
+    }
+
+
+def run_case(
+    name: str,
+    label: str,
+    make_config: Callable[[Path], object],
+    baseline: Callable[[Sequence], float],
+    items: Sequence,
+    workers_list: Sequence[int],
+    work_root: Path,
+    keep_out: Path | None = None,
+) -> tuple[dict, list[Row]]:
+    """Baseline half, builds, baseline half; the ratio uses the builds' wall time."""
+    half = len(items) // 2
+    before_s = baseline(items[:half])
+    builds = []
+    for workers in workers_list:
+        out = work_root / f"{name}-w{workers}"
+        builds.append(run_build(make_config(out), workers))
+        if keep_out is not None and workers == workers_list[-1]:
+            out.rename(keep_out)  # the reader benchmark reads it
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+    after_s = baseline(items[half:])
+    baseline_rate = len(items) / (before_s + after_s)
+    rows = []
+    for build in builds:
+        target = TARGETS.get(build["workers"])
+        build["vs_baseline"] = figure(build["images_per_s_wall"], baseline_rate, target)
+        build["vs_baseline_in_flow"] = figure(build["images_per_s_in_flow"], baseline_rate, None)
+        fig = build["vs_baseline"]
+        rows.append(
+            Row(
+                name=f"build {label}, {build['workers']} worker{'s' * (build['workers'] > 1)}",
+                value=f"{build['images_per_s_wall']:.1f} img/s",
+                baseline=f"{baseline_rate:.1f} img/s",
+                ratio=fig["ratio"],
+                target=target,
+                meets=fig["meets_target"],
+            )
+        )
+    payload = {
+        "baseline": {
+            "images": len(items),
+            "seconds_before_builds": before_s,
+            "seconds_after_builds": after_s,
+            "images_per_s": baseline_rate,
+            "images_per_s_before_builds": half / before_s if half else None,
+            "images_per_s_after_builds": (len(items) - half) / after_s,
+        },
+        "builds": builds,
+    }
+    return payload, rows
+
+
+def synthetic_case(
+    num_images: int, workers_list: Sequence[int], work_root: Path, keep_out: Path | None
+) -> tuple[dict, list[Row]]:
+    from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+
+    def make_config(out: Path) -> BuildDatasetConfig:
+        return BuildDatasetConfig(
+            source=SourceKind.synthetic,
+            out=out,
+            num_images=num_images,
+            max_resolution=MAX_RESOLUTION,
+            seed=SYNTHETIC_SEED,
+        )
+
+    level = make_config(work_root).png_compress_level
+    payload, rows = run_case(
+        "synthetic",
+        f"synthetic->{MAX_RESOLUTION}²",
+        make_config,
+        lambda indices: baseline_synthetic(indices, level),
+        list(range(num_images)),
+        workers_list,
+        work_root,
+        keep_out,
+    )
+    params = {
+        "source": "synthetic",
+        "num_images": num_images,
+        "max_resolution": MAX_RESOLUTION,
+        "resolutions": pyramid_sizes(MAX_RESOLUTION),
+        "seed": SYNTHETIC_SEED,
+        "png_compress_level": level,
+        "workers": list(workers_list),
+        "baseline_method": "render_face(seed, i, 256); PIL Lanczos resize of it to each smaller "
+        "power of two; PNG-encode all levels at png_compress_level; one process",
+    }
+    return {"params": params} | payload, rows
+
+
+def jpeg_case(
+    num_images: int, workers_list: Sequence[int], work_root: Path
+) -> tuple[dict, list[Row]]:
+    from benchmarks.inputs import JPEG_QUALITY, JPEG_SIZE, make_jpeg_folder
+    from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+
+    folder = work_root / "jpeg-inputs"
+    started = time.perf_counter()
+    input_bytes = make_jpeg_folder(folder, num_images, workers=max(workers_list))
+    generation_s = time.perf_counter() - started
+    paths = sorted(folder.iterdir())
+
+    def make_config(out: Path) -> BuildDatasetConfig:
+        return BuildDatasetConfig(
+            source=SourceKind.folder,
+            input=folder,
+            out=out,
+            num_images=None,
+            max_resolution=MAX_RESOLUTION,
+            seed=SYNTHETIC_SEED,
+        )
+
+    level = make_config(work_root).png_compress_level
+    payload, rows = run_case(
+        "jpeg",
+        f"jpeg {JPEG_SIZE}²->{MAX_RESOLUTION}²",
+        make_config,
+        lambda items: baseline_jpeg(items, level),
+        paths,
+        workers_list,
+        work_root,
+    )
+    params = {
+        "source": "folder",
+        "num_images": num_images,
+        "input_size": JPEG_SIZE,
+        "input_jpeg_quality": JPEG_QUALITY,
+        "input_bytes": input_bytes,
+        "input_generation_s": generation_s,
+        "max_resolution": MAX_RESOLUTION,
+        "resolutions": pyramid_sizes(MAX_RESOLUTION),
+        "png_compress_level": level,
+        "workers": list(workers_list),
+        "baseline_method": "read file; PIL open + full decode (no draft); Lanczos to 256²; "
+        "PIL Lanczos of that to each smaller power of two; PNG-encode all levels at "
+        "png_compress_level; one process",
+    }
+    return {"params": params} | payload, rows

@@ -1,0 +1,159 @@
+"""Shared helpers: machine description, CPU accounting, result files and the summary table."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def machine_info() -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python": sys.version.split()[0],
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def versions() -> dict:
+    import numpy
+    import PIL
+    import torch
+
+    found = {"torch": torch.__version__, "pillow": PIL.__version__, "numpy": numpy.__version__}
+    for name in ("prefect", "webdataset"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return value / baseline
+
+
+def figure(value: float | None, baseline: float | None, target: float | None) -> dict:
+    """A ratio with its target; meets_target is None when there is no target to meet."""
+    r = ratio(value, baseline)
+    return {
+        "ratio": r,
+        "target": target,
+        "meets_target": None if target is None or r is None else bool(r >= target),
+    }
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds of this process, its reaped children (e.g. a closed pool's workers) and its
+    live children (e.g. Prefect's API server subprocess), at one moment."""
+
+    wall: float
+    self_s: float
+    reaped_children_s: float
+    live_children: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls) -> CpuSnapshot:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        live: dict[int, float] = {}
+        try:
+            import psutil
+
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    t = child.cpu_times()
+                    live[child.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+        except ImportError:
+            pass
+        return cls(
+            wall=time.perf_counter(),
+            self_s=me.ru_utime + me.ru_stime,
+            reaped_children_s=children.ru_utime + children.ru_stime,
+            live_children=live,
+        )
+
+    def since(self, earlier: CpuSnapshot) -> dict:
+        live = sum(
+            self.live_children[pid] - earlier.live_children[pid]
+            for pid in self.live_children.keys() & earlier.live_children.keys()
+        )
+        wall = self.wall - earlier.wall
+        used = {
+            "main_process_s": self.self_s - earlier.self_s,
+            "exited_children_s": self.reaped_children_s - earlier.reaped_children_s,
+            "long_lived_children_s": live,
+        }
+        total = sum(used.values())
+        return used | {"total_s": total, "wall_s": wall, "cores_busy": total / wall if wall else 0}
+
+
+def write_result(results_dir: Path, name: str, payload: dict) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    document = {
+        "benchmark": name,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": versions(),
+    } | payload
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+@dataclass
+class Row:
+    name: str
+    value: str  # the measured rate, formatted
+    baseline: str  # what it is compared with, formatted
+    ratio: float | None
+    target: float | None
+    meets: bool | None
+    target_is_absolute: bool = False
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("figure", "measured", "baseline", "ratio", "target", "ok")
+    cells = [header]
+    for row in rows:
+        if row.target is None:
+            target = "-"
+        else:
+            target = f">= {row.target:g}" + ("/s" if row.target_is_absolute else "x")
+        ok = "-" if row.meets is None else ("yes" if row.meets else "NO")
+        cells.append(
+            (
+                row.name,
+                row.value,
+                row.baseline,
+                "-" if row.ratio is None else f"{row.ratio:.2f}x",
+                target,
+                ok,
+            )
+        )
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append("  ".join(text.ljust(w) for text, w in zip(c, widths, strict=True)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""Benchmark 2: ShardReader throughput against the same decoding without webdataset/DataLoader,
+and against a plain folder of PNGs read through a map-style torch DataLoader."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+
+from benchmarks.common import Row, figure
+
+BATCH_SIZE = 32
+NUM_WORKERS = 2
+TARGET_VS_RAW = 0.8
+
+
+def shard_pngs(root: Path, resolution: int) -> list[bytes]:
+    """Every PNG member of the dataset's shards at one resolution, in shard order."""
+    from trainers.data.format import load_manifest
+
+    pngs = []
+    for shard in load_manifest(root).shards_at(resolution):
+        with tarfile.open(root / shard.path) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".png"):
+                    file = tar.extractfile(member)
+                    assert file is not None
+                    pngs.append(file.read())
+    return pngs
+
+
+def _png_to_uint8_chw(png: bytes):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.array(image.convert("RGB"))
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _to_float(batch):
+    import torch
+
+    return batch.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class PngFolder:
+    """Map-style dataset over a folder of PNG files (module level so workers can unpickle it)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            pixels = np.array(image.convert("RGB"))
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def time_shard_reader(root: Path, resolution: int, batches: int) -> dict:
+    from trainers.data.reader import ShardReader
+
+    reader = ShardReader(
+        root, resolution, BATCH_SIZE, num_workers=NUM_WORKERS, batches_per_epoch=batches
+    )
+    images, first = 0, None
+    started = time.perf_counter()
+    for batch in reader:
+        images += batch.shape[0]
+        if first is None:
+            first = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    assert batch.shape[1:] == (3, resolution, resolution), batch.shape
+    return {
+        "images": images,
+        "seconds": seconds,
+        "first_batch_s": first,
+        "images_per_s": images / seconds,
+        "skipped": reader.skipped,
+    }
+
+
+def time_raw_loop(pngs: list[bytes], resolution: int, batches: int) -> dict:
+    """One process: PIL decode of in-memory PNG bytes -> uint8 tensor -> stacked float batch."""
+    import torch
+
+    started = time.perf_counter()
+    k = 0
+    for _ in range(batches):
+        images = []
+        for _ in range(BATCH_SIZE):
+            images.append(_png_to_uint8_chw(pngs[k % len(pngs)]))
+            k += 1
+        batch = _to_float(torch.stack(images))
+    seconds = time.perf_counter() - started
+    assert batch.shape[1:] == (3, resolution, resolution), batch.shape
+    return {"images": k, "seconds": seconds, "images_per_s": k / seconds}
+
+
+def time_folder_loader(files: list[Path], resolution: int, batches: int) -> dict:
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    dataset = PngFolder(files)
+    # Sampling with replacement, like the shard reader's resampled stream: one epoch of
+    # exactly `batches` batches however many files there are.
+    sampler = RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=batches * BATCH_SIZE,
+        generator=torch.Generator().manual_seed(0),
+    )
+    loader = DataLoader(
+        dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=NUM_WORKERS, drop_last=True
+    )
+    images, first = 0, None
+    started = time.perf_counter()
+    for batch in loader:
+        batch = _to_float(batch)
+        images += batch.shape[0]
+        if first is None:
+            first = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    assert batch.shape[1:] == (3, resolution, resolution), batch.shape
+    return {
+        "images": images,
+        "seconds": seconds,
+        "first_batch_s": first,
+        "images_per_s": images / seconds,
+    }
+
+
+def run(root: Path, work_root: Path, batches_by_resolution: dict[int, int]) -> tuple[dict, list]:
+    results, rows = {}, []
+    for resolution, batches in batches_by_resolution.items():
+        started = time.perf_counter()
+        pngs = shard_pngs(root, resolution)
+        read_s = time.perf_counter() - started
+        folder = work_root / f"png-folder-{resolution}"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, png in enumerate(pngs):
+            files.append(folder / f"{i:06d}.png")
+            files[-1].write_bytes(png)
+
+        raw = time_raw_loop(pngs, resolution, batches)
+        raw["read_shards_into_memory_s"] = read_s  # not part of the timed loop
+        reader = time_shard_reader(root, resolution, batches)
+        folder_loader = time_folder_loader(files, resolution, batches)
+
+        vs_raw = figure(reader["images_per_s"], raw["images_per_s"], TARGET_VS_RAW)
+        vs_folder = figure(reader["images_per_s"], folder_loader["images_per_s"], None)
+        results[str(resolution)] = {
+            "resolution": resolution,
+            "distinct_images": len(pngs),
+            "batches": batches,
+            "shard_reader": reader,
+            "raw_loop": raw,
+            "folder_dataloader": folder_loader,
+            "reader_vs_raw": vs_raw,
+            "reader_vs_folder_dataloader": vs_folder,
+        }
+        rows.append(
+            Row(
+                name=f"reader {resolution}² vs raw loop",
+                value=f"{reader['images_per_s']:.0f} img/s",
+                baseline=f"{raw['images_per_s']:.0f} img/s",
+                ratio=vs_raw["ratio"],
+                target=TARGET_VS_RAW,
+                meets=vs_raw["meets_target"],
+            )
+        )
+        rows.append(
+            Row(
+                name=f"reader {resolution}² vs folder DataLoader",
+                value=f"{reader['images_per_s']:.0f} img/s",
+                baseline=f"{folder_loader['images_per_s']:.0f} img/s",
+                ratio=vs_folder["ratio"],
+                target=None,
+                meets=None,
+            )
+        )
+    payload = {
+        "params": {
+            "dataset": "synthetic build of benchmark 1a (max_resolution 256)",
+            "batch_size": BATCH_SIZE,
+            "num_workers": NUM_WORKERS,
+            "batches": {str(r): b for r, b in batches_by_resolution.items()},
+            "shard_reader": "ShardReader(root, res, batch_size, num_workers, "
+            "batches_per_epoch=batches); timed from iter() to the last batch, worker start "
+            "included",
+            "raw_loop": "one process; shard PNG bytes read into memory first (untimed); "
+            "PIL decode -> uint8 tensor -> stack -> float in [-1, 1]",
+            "folder_dataloader": "the same PNGs as files; map-style Dataset opening each with "
+            "PIL; DataLoader(batch_size, num_workers, RandomSampler with replacement); "
+            "float conversion in the main process; worker start included",
+        },
+        "results": results,
+    }
+    return payload, rows

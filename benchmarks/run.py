@@ -1,0 +1,200 @@
+"""`make bench`: dataset build, shard reader and synthetic render throughput.
+
+Writes one JSON file per benchmark under benchmarks/results/ and prints a table. Every build and
+reader figure is a ratio against a baseline measured in the same run (shared, noisy machines);
+targets are recorded next to each ratio as meets_target and never fail the run.
+
+Top-level imports stay light: the build's spawn pool workers re-import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCHMARKS = ("synthetic", "build", "reader")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK_ENV = "GANFORGE_BENCH_QUICK"
+
+FULL = {
+    "synthetic_images": 640,
+    "jpeg_images": 300,
+    "reader_batches_64": 300,
+    "reader_batches_256": 100,
+    "render_indices": 200,
+    "render_repeats": 3,
+}
+QUICK = {
+    "synthetic_images": 64,
+    "jpeg_images": 32,
+    "reader_batches_64": 20,
+    "reader_batches_256": 10,
+    "render_indices": 30,
+    "render_repeats": 1,
+}
+
+
+def _csv(choices: tuple[str, ...] | None = None, kind=str):
+    def parse(text: str) -> list:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        if choices is not None:
+            unknown = set(values) - set(choices)
+            if unknown:
+                raise argparse.ArgumentTypeError(
+                    f"unknown: {', '.join(sorted(unknown))} (choose from {', '.join(choices)})"
+                )
+        return values
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=(
+            "Throughput benchmarks for ganforge: (1) dataset build, synthetic -> 256² pyramid "
+            "and 1024² JPEG folder -> 256² pyramid, with 1 and 2 workers, vs a plain PIL loop; "
+            "(2) ShardReader at 64² and 256² vs a raw PIL decode loop and vs a folder of PNGs "
+            "through a torch DataLoader; (3) synthetic face rendering at 256² on one core. "
+            "Writes BENCH.json files under the results folder and prints a table. Targets are "
+            "recorded (meets_target), never enforced: the exit status is 0 unless it crashes."
+        ),
+        epilog=(
+            f"Full defaults: {FULL}. --quick (or {QUICK_ENV}=1) uses {QUICK}. Explicit size "
+            "options override either. A full run takes about 5 minutes on 2 cores."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get(QUICK_ENV, "") not in ("", "0", "false"),
+        help=f"a small smoke-test run (also set by {QUICK_ENV}=1)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_csv(BENCHMARKS),
+        default=list(BENCHMARKS),
+        metavar="LIST",
+        help=f"comma-separated benchmarks to run, from {','.join(BENCHMARKS)} (default: all)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_csv(kind=int),
+        default=[1, 2],
+        metavar="LIST",
+        help="build worker counts to measure (default: 1,2; targets exist for 1 and 2)",
+    )
+    parser.add_argument("--synthetic-images", type=int, metavar="N", help="images of build (a)")
+    parser.add_argument("--jpeg-images", type=int, metavar="N", help="JPEGs of build (b)")
+    parser.add_argument(
+        "--reader-batches-64", type=int, metavar="N", help="batches of 32 read at 64²"
+    )
+    parser.add_argument(
+        "--reader-batches-256", type=int, metavar="N", help="batches of 32 read at 256²"
+    )
+    parser.add_argument("--render-indices", type=int, metavar="N", help="faces per render round")
+    parser.add_argument("--render-repeats", type=int, metavar="N", help="render rounds (median)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help="where the JSON files go (default: benchmarks/results)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="parent of the temporary build folder, removed afterwards (default: system temp)",
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+        elif getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    if not args.workers or min(args.workers) < 1:
+        parser.error("--workers needs positive worker counts")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Before anything imports prefect: its settings are read at import.
+    from benchmarks.build import set_prefect_env
+
+    set_prefect_env()
+    from benchmarks import build, reader, synthetic
+    from benchmarks.common import format_table, write_result
+
+    run_started = time.perf_counter()
+    common = {"quick": args.quick, "command": " ".join([sys.executable, "-m", "benchmarks.run"])}
+    rows = []
+    written = []
+    with tempfile.TemporaryDirectory(prefix="ganforge-bench-", dir=args.work_dir) as tmp:
+        work = Path(tmp)
+        if "synthetic" in args.only:
+            print(f"synthetic: rendering {args.render_indices} faces x{args.render_repeats} ...")
+            payload, new_rows = synthetic.run(args.render_indices, args.render_repeats)
+            written.append(write_result(args.results_dir, "synthetic", common | payload))
+            rows += new_rows
+
+        dataset = work / "reader-dataset"  # synthetic, max_resolution 256
+        if "build" in args.only or "reader" in args.only:
+            print("orchestrator: starting Prefect's API server and a warm-up build ...")
+            with build.orchestrator(work) as startup:
+                print(f"  ready in {startup['orchestrator_start_s']:.1f} s")
+                if "build" in args.only:
+                    print(f"build (a): {args.synthetic_images} synthetic faces ...")
+                    case_a, rows_a = build.synthetic_case(
+                        args.synthetic_images, args.workers, work, keep_out=dataset
+                    )
+                    print(f"build (b): {args.jpeg_images} JPEGs at 1024² ...")
+                    case_b, rows_b = build.jpeg_case(args.jpeg_images, args.workers, work)
+                    payload = {
+                        "orchestrator": startup,
+                        "targets": {f"{w}_workers": t for w, t in build.TARGETS.items()},
+                        "ratio_definition": "build images/s (accepted / wall seconds of the "
+                        "flow call, after the warm-up) / baseline images/s",
+                        "cases": {"synthetic": case_a, "jpeg_folder": case_b},
+                    }
+                    written.append(write_result(args.results_dir, "build", common | payload))
+                    rows += rows_a + rows_b
+                else:
+                    from pipelines.dataset.config import BuildDatasetConfig
+                    from pipelines.dataset.flow import build_dataset
+
+                    print(f"reader dataset: {args.synthetic_images} synthetic faces ...")
+                    build_dataset(
+                        BuildDatasetConfig(
+                            out=dataset,
+                            num_images=args.synthetic_images,
+                            max_resolution=build.MAX_RESOLUTION,
+                            seed=build.SYNTHETIC_SEED,
+                        ),
+                        workers=max(args.workers),
+                    )
+        if "reader" in args.only:
+            print("reader: 64² and 256² ...")
+            batches = {64: args.reader_batches_64, 256: args.reader_batches_256}
+            payload, new_rows = reader.run(dataset, work, batches)
+            written.append(write_result(args.results_dir, "reader", common | payload))
+            rows += new_rows
+
+    print()
+    print(format_table(rows))
+    print()
+    for path in written:
+        print(f"wrote {path}")
+    print(f"total {time.perf_counter() - run_started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
