@@ -25,6 +25,9 @@ def machine_info() -> dict:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "python": sys.version.split()[0],
+        # No .pyc caching (e.g. PYTHONDONTWRITEBYTECODE=1) makes every spawn worker compile its
+        # imports from source: a fixed cost per build worker.
+        "python_dont_write_bytecode": sys.dont_write_bytecode,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

@@ -28,9 +28,9 @@ from pipelines.dataset.config import BuildDatasetConfig
 from pipelines.dataset.process import (
     ChunkSpec,
     InputRecord,
+    SpoolReader,
     load_chunk_records,
     process_chunk,
-    read_spooled,
 )
 from pipelines.dataset.sources import Listing, list_inputs
 from pipelines.dataset.validate import Reason
@@ -111,9 +111,8 @@ class _HashingWriter:
         return self.file.write(data)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def write_shard(
-    out: Path, work_dir: Path, resolution: int, shard_index: int, samples: list[InputRecord]
+def _write_shard(
+    out: Path, spools: SpoolReader, resolution: int, shard_index: int, samples: list[InputRecord]
 ) -> ShardEntry:
     path = out / shard_name(resolution, shard_index)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +131,7 @@ def write_shard(
                 tar.write(
                     {
                         "__key__": sample_key(record.index),
-                        "png": read_spooled(work_dir, record, resolution),
+                        "png": spools.read(record, resolution),
                         "json": canonical_json(metadata),
                     }
                 )
@@ -145,6 +144,15 @@ def write_shard(
         bytes=hashing.bytes,
         sha256=hashing.sha256.hexdigest(),
     )
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def write_shards(
+    out: Path, work_dir: Path, resolutions: list[int], shard_index: int, samples: list[InputRecord]
+) -> list[ShardEntry]:
+    """One shard index at every resolution: the same samples, in the same order."""
+    with SpoolReader(work_dir) as spools:
+        return [_write_shard(out, spools, r, shard_index, samples) for r in resolutions]
 
 
 def build_report(config: BuildDatasetConfig, listing: Listing, records: list[InputRecord]) -> dict:
@@ -248,11 +256,10 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
         for start in range(0, len(selection.order), config.shard_size)
     ]
     shard_futures = [
-        write_shard.submit(out, work_dir, resolution, shard_index, samples)
-        for resolution in resolutions
+        write_shards.submit(out, work_dir, resolutions, shard_index, samples)
         for shard_index, samples in enumerate(groups)
     ]
-    entries = []
+    entries: list[ShardEntry] = []
     for future in tqdm(
         as_completed(shard_futures),
         total=len(shard_futures),
@@ -260,7 +267,7 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
         desc="write",
         disable=None,
     ):
-        entries.append(future.result())
+        entries += future.result()
     entries.sort(key=lambda e: e.path)
     _remove_stale(out, entries, resolutions)
     manifest = Manifest(

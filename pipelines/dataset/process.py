@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
@@ -99,9 +100,25 @@ def process_chunk(spec: ChunkSpec) -> list[InputRecord]:
     return records
 
 
-def read_spooled(work_dir: Path, record: InputRecord, resolution: int) -> bytes:
-    offset, length = record.spool[str(resolution)]
-    spool_path, _ = spool_paths(work_dir, record.chunk_index)
-    with open(spool_path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
+class SpoolReader:
+    """Reads encoded images back from chunk spools, keeping each spool file open once."""
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self._files: dict[int, BinaryIO] = {}
+
+    def read(self, record: InputRecord, resolution: int) -> bytes:
+        offset, length = record.spool[str(resolution)]
+        spool = self._files.get(record.chunk_index)
+        if spool is None:
+            spool_path, _ = spool_paths(self.work_dir, record.chunk_index)
+            spool = self._files[record.chunk_index] = open(spool_path, "rb")  # noqa: SIM115
+        spool.seek(offset)
+        return spool.read(length)
+
+    def __enter__(self) -> SpoolReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for spool in self._files.values():
+            spool.close()

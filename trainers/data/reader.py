@@ -43,6 +43,10 @@ def decode_image(png: bytes) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
 
+def _is_decoded(image: torch.Tensor | None) -> bool:
+    return image is not None  # a module-level function, so spawn-started loaders can pickle it
+
+
 def to_model_range(batch: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> float32 in [-1, 1]."""
     return batch.to(torch.float32).div_(127.5).sub_(1.0)
@@ -135,7 +139,7 @@ class ShardReader:
             wds.tarfile_to_samples(handler=self._skip),
             self._shuffle,
             wds.map(self._decode),
-            wds.select(lambda image: image is not None),
+            wds.select(_is_decoded),
             wds.batched(self.batch_size, collation_fn=torch.stack, partial=False),
         )
 
