@@ -71,9 +71,16 @@ def time_shard_reader(root: Path, resolution: int, batches: int) -> dict:
     reader = ShardReader(
         root, resolution, BATCH_SIZE, num_workers=NUM_WORKERS, batches_per_epoch=batches
     )
+    return _time_batches(reader, resolution) | {"skipped": reader.skipped}
+
+
+def _time_batches(batches, resolution: int, convert=None) -> dict:
+    """Drain an iterable of batches, converting each if asked; rate and time to first batch."""
     images, first = 0, None
     started = time.perf_counter()
-    for batch in reader:
+    for batch in batches:
+        if convert is not None:
+            batch = convert(batch)
         images += batch.shape[0]
         if first is None:
             first = time.perf_counter() - started
@@ -84,7 +91,6 @@ def time_shard_reader(root: Path, resolution: int, batches: int) -> dict:
         "seconds": seconds,
         "first_batch_s": first,
         "images_per_s": images / seconds,
-        "skipped": reader.skipped,
     }
 
 
@@ -121,21 +127,7 @@ def time_folder_loader(files: list[Path], resolution: int, batches: int) -> dict
     loader = DataLoader(
         dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=NUM_WORKERS, drop_last=True
     )
-    images, first = 0, None
-    started = time.perf_counter()
-    for batch in loader:
-        batch = _to_float(batch)
-        images += batch.shape[0]
-        if first is None:
-            first = time.perf_counter() - started
-    seconds = time.perf_counter() - started
-    assert batch.shape[1:] == (3, resolution, resolution), batch.shape
-    return {
-        "images": images,
-        "seconds": seconds,
-        "first_batch_s": first,
-        "images_per_s": images / seconds,
-    }
+    return _time_batches(loader, resolution, convert=_to_float)
 
 
 def run(root: Path, work_root: Path, batches_by_resolution: dict[int, int]) -> tuple[dict, list]:
