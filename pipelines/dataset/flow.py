@@ -242,7 +242,8 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
     report = build_report(config, listing, selection.records)
     write_atomic(out / REPORT_NAME, canonical_json(report))
     if report["reject_fraction"] > config.max_reject_fraction:
-        top = ", ".join(f"{k}: {v}" for k, v in report["rejected_by_reason"].items())
+        by_count = sorted(report["rejected_by_reason"].items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{reason}: {count}" for reason, count in by_count[:5])
         raise BuildFailed(
             f"{report['rejected']} of {report['inputs']} inputs rejected "
             f"({report['reject_fraction']:.2%} > --max-reject-fraction "
