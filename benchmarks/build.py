@@ -191,15 +191,12 @@ def run_case(
             "runs": worker_runs,
         }
         builds.append(build)
-        fig = build["vs_baseline"]
         rows.append(
-            Row(
-                name=f"build {label}, {workers} worker{'s' * (workers > 1)}",
-                value=f"{build['images_per_s_wall']:.1f} img/s",
-                baseline=f"{baseline_rate:.1f} img/s",
-                ratio=fig["ratio"],
-                target=target,
-                meets=fig["meets_target"],
+            Row.of_figure(
+                f"build {label}, {workers} worker{'s' * (workers > 1)}",
+                f"{build['images_per_s_wall']:.1f} img/s",
+                f"{baseline_rate:.1f} img/s",
+                build["vs_baseline"],
             )
         )
     payload = {

@@ -133,6 +133,11 @@ class Row:
     meets: bool | None
     target_is_absolute: bool = False
 
+    @classmethod
+    def of_figure(cls, name: str, value: str, baseline: str, fig: dict) -> Row:
+        """A table row for a ratio made by figure()."""
+        return cls(name, value, baseline, fig["ratio"], fig["target"], fig["meets_target"])
+
 
 def format_table(rows: list[Row]) -> str:
     header = ("figure", "measured", "baseline", "ratio", "target", "ok")
