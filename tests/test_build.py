@@ -13,7 +13,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -94,7 +93,7 @@ def test_zip_and_tar_sources_equal_the_folder(prefect_api, tmp_path):
             archive.write(path, path.relative_to(folder).as_posix())
     with tarfile.open(tmp_path / "in.tar", "w") as archive:
         archive.add(folder / "sub", arcname="sub")
-    digests = set()
+    builds = []
     for source in ("in", "in.zip", "in.tar"):
         out = tmp_path / f"out-{source}"
         build(
@@ -105,8 +104,8 @@ def test_zip_and_tar_sources_equal_the_folder(prefect_api, tmp_path):
             max_resolution=32,
             shard_size=4,
         )
-        digests.add(json.dumps(tree_bytes(out)["r0032/shard-000000.tar"].hex()))
-    assert len(digests) == 1
+        builds.append({k: v for k, v in tree_bytes(out).items() if k.endswith(".tar")})
+    assert builds[0] == builds[1] == builds[2]
 
 
 def test_shards_hold_the_same_keys_at_every_resolution(small_dataset):
@@ -210,4 +209,4 @@ def test_rebuild_with_other_params_leaves_no_stale_shards(prefect_api, tmp_path)
         "r0008/shard-000001.tar",
     ]
     assert verify_dataset(out).ok
-    np.testing.assert_equal(load_manifest(out).counts.accepted, 10)
+    assert load_manifest(out).counts.accepted == 10
