@@ -1,0 +1,193 @@
+"""Losses: the gradient penalty against analytic critics, phases run as the loop runs them,
+BEGAN's k_t controller and its checkpointed state."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from trainers.losses.base import Phase, StepState
+from trainers.losses.began import BEGANLoss, began_phases
+from trainers.losses.wgan_gp import WGANGPLoss, gradient_penalty, wgan_gp_phases
+from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
+from trainers.networks.dcgan import DCGANCritic, DCGANGenerator
+from trainers.networks.progan import ProGANDiscriminator, ProGANGenerator
+
+BATCH = 4
+
+
+def step_state(resolution: int, fade_alpha: float = 1.0, **kwargs) -> StepState:
+    return StepState(resolution, fade_alpha, torch.Generator().manual_seed(0), **kwargs)
+
+
+def real_images(resolution: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(BATCH, 3, resolution, resolution, generator=generator) * 2 - 1
+
+
+def run_step(loss, phases: list[Phase], real: torch.Tensor, state: StepState) -> dict:
+    """One step as the loop runs it: every phase, its metrics prefixed, then end_step."""
+    metrics = {}
+    for phase in phases:
+        for name, value in loss.accumulate_gradients(phase, real, state).items():
+            metrics[f"{phase.name}/{name}"] = value
+    return metrics | loss.end_step(metrics)
+
+
+def test_phase_lists():
+    assert wgan_gp_phases(5) == [Phase("D", "D", 1), Phase("G", "G", 5)]
+    assert began_phases() == [Phase("D", "D", 1), Phase("G", "G", 1)]
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (6, 3, 4, 4)])
+def test_gradient_penalty_of_a_linear_critic(shape):
+    weight = torch.randn(shape[1:], generator=torch.Generator().manual_seed(0))
+    weight = weight * 3 / weight.norm()  # ‖∇D‖ = ‖w‖ = 3 everywhere, penalty (3 − 1)² = 4
+
+    def critic(x):
+        return (x * weight).flatten(1).sum(dim=1)
+
+    real, fake = torch.randn(shape), torch.randn(shape)
+    penalty = gradient_penalty(critic, real, fake, torch.rand(shape[0]))
+    assert torch.allclose(penalty, torch.tensor(4.0), atol=1e-6)
+
+
+def test_gradient_penalty_of_a_quadratic_critic_uses_epsilon_on_real():
+    def critic(x):
+        return 0.5 * x.square().sum(dim=1)  # gradient x, so the norm is ‖x̂‖
+
+    real = torch.zeros(3, 4)
+    fake = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    epsilon = torch.tensor([0.0, 0.25, 0.9])
+    expected = (((1 - epsilon) * fake.norm(dim=1) - 1) ** 2).mean()  # x̂ = (1 − ε) · fake
+    assert torch.allclose(gradient_penalty(critic, real, fake, epsilon), expected, atol=1e-6)
+
+
+def small_wgan(drift_weight: float = 0.0, gp_weight: float = 10.0) -> WGANGPLoss:
+    torch.manual_seed(0)
+    generator = ProGANGenerator(max_resolution=8, latent_dim=8, fmap_base=16, fmap_max=8)
+    critic = ProGANDiscriminator(max_resolution=8, fmap_base=16, fmap_max=8)
+    return WGANGPLoss(generator, critic, gp_weight=gp_weight, drift_weight=drift_weight)
+
+
+def critic_gradients(loss: WGANGPLoss) -> list[torch.Tensor]:
+    loss.D.zero_grad(set_to_none=True)
+    loss.accumulate_gradients(Phase("D", "D"), real_images(8), step_state(8, 0.5))
+    return [parameter.grad for parameter in loss.D.parameters()]
+
+
+def test_critic_phase_gradients_include_the_penalty_and_spare_the_generator():
+    with_penalty = critic_gradients(small_wgan(gp_weight=10.0))
+    without_penalty = critic_gradients(small_wgan(gp_weight=0.0))
+    assert all(gradient is not None for gradient in with_penalty)
+    assert any(not torch.allclose(a, b) for a, b in zip(with_penalty, without_penalty, strict=True))
+    assert all(parameter.grad is None for parameter in small_wgan().G.parameters())
+
+
+@pytest.mark.parametrize("drift_weight", [0.0, 0.001])
+def test_critic_phase_metrics_add_up_to_the_loss(drift_weight):
+    loss = small_wgan(drift_weight=drift_weight)
+    metrics = loss.accumulate_gradients(Phase("D", "D"), real_images(8), step_state(8))
+    drift = metrics.get("drift", torch.tensor(0.0))
+    assert ("drift" in metrics) == (drift_weight > 0)
+    expected = -metrics["wasserstein"] + 10 * metrics["gradient_penalty"] + drift_weight * drift
+    assert torch.allclose(metrics["loss"], expected, atol=1e-6)
+
+
+def test_generator_phase_trains_the_generator_on_the_critic_score():
+    loss = small_wgan()
+    for parameter in loss.D.parameters():
+        parameter.requires_grad_(False)  # as the loop does in a G phase
+    # Mid fade-in, so every generator layer (both toRGBs) takes part.
+    metrics = loss.accumulate_gradients(Phase("G", "G"), real_images(8), step_state(8, 0.5))
+    assert metrics.keys() == {"loss"}
+    assert all(parameter.grad is not None for parameter in loss.G.parameters())
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)  # the same latents as step_state's RNG
+        fake = loss.G(loss.G.sample_latents(BATCH, generator, "cpu"), 8, 0.5)
+        assert torch.allclose(metrics["loss"], -loss.D(fake, 8, 0.5).mean(), atol=1e-6)
+
+
+def test_bf16_autocast_still_reduces_in_float32():
+    loss = small_wgan(drift_weight=0.001)
+    state = step_state(8, autocast_dtype=torch.bfloat16)
+    metrics = loss.accumulate_gradients(Phase("D", "D"), real_images(8), state)
+    assert all(value.dtype == torch.float32 and value.isfinite() for value in metrics.values())
+
+
+def test_a_few_adam_steps_lower_the_critic_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    generator = DCGANGenerator(resolution=32, latent_dim=16, base_channels=4).eval()
+    critic = DCGANCritic(resolution=32, base_channels=4)
+    loss = WGANGPLoss(generator, critic)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.9))
+    real = real_images(32)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        state = step_state(32)  # re-seeded: the same fakes and ε every step
+        losses.append(loss.accumulate_gradients(Phase("D", "D"), real, state)["loss"].item())
+        optimizer.step()
+    assert losses[-1] < losses[0] - 0.1
+
+
+def began_loss(**kwargs) -> BEGANLoss:
+    return BEGANLoss(nn.Identity(), nn.Identity(), **kwargs)
+
+
+def reconstructions(real: float, fake: float) -> dict[str, torch.Tensor]:
+    return {
+        "D/reconstruction_real": torch.tensor(real),
+        "D/reconstruction_fake": torch.tensor(fake),
+    }
+
+
+def test_began_k_update_and_convergence_measure():
+    loss = began_loss(gamma=0.5, lambda_k=0.1, k_initial=0.2)
+    extra = loss.end_step(reconstructions(real=0.4, fake=0.1))
+    balance = 0.5 * torch.tensor(0.4, dtype=torch.float64) - torch.tensor(0.1, dtype=torch.float64)
+    assert extra["k_t"].dtype == torch.float64
+    assert torch.allclose(extra["k_t"], 0.2 + 0.1 * balance, atol=1e-6)
+    assert torch.allclose(extra["convergence"], 0.4 + balance.abs(), atol=1e-6)
+    extra = loss.end_step(reconstructions(real=0.1, fake=0.5))  # balance −0.45 < 0
+    assert torch.allclose(extra["convergence"].float(), torch.tensor(0.1 + 0.45), atol=1e-6)
+
+
+@pytest.mark.parametrize(("real", "fake", "bound"), [(1.0, 0.0, 1.0), (0.0, 1.0, 0.0)])
+def test_began_k_is_clipped_to_the_unit_interval(real, fake, bound):
+    loss = began_loss(lambda_k=10.0, k_initial=0.5)
+    for _ in range(3):
+        assert loss.end_step(reconstructions(real, fake))["k_t"].item() == bound
+
+
+def test_began_state_dict_round_trips_k():
+    loss = began_loss(lambda_k=0.01, k_initial=0.3)
+    loss.end_step(reconstructions(real=0.4, fake=0.1))
+    buffer = io.BytesIO()
+    torch.save(loss.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = began_loss(lambda_k=0.01)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(resumed.k, loss.k) and resumed.k.dtype == torch.float64
+    next_metrics = reconstructions(real=0.2, fake=0.3)
+    assert torch.equal(resumed.end_step(next_metrics)["k_t"], loss.end_step(next_metrics)["k_t"])
+
+
+def test_began_phases_through_a_loop_step():
+    torch.manual_seed(0)
+    generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
+    discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
+    loss = BEGANLoss(generator, discriminator, k_initial=0.5)
+    real = real_images(32)
+    metrics = run_step(loss, began_phases(), real, step_state(32))
+    with torch.no_grad():
+        expected_real = (real - discriminator(real, 32)).abs().mean()
+    assert torch.allclose(metrics["D/reconstruction_real"], expected_real, atol=1e-6)
+    expected_d = metrics["D/reconstruction_real"] - 0.5 * metrics["D/reconstruction_fake"]
+    assert torch.allclose(metrics["D/loss"], expected_d, atol=1e-6)
+    assert {"k_t", "convergence", "G/loss"} <= metrics.keys()
+    assert metrics["k_t"].item() != 0.5  # the controller moved
+    assert all(parameter.grad is not None for parameter in generator.parameters())

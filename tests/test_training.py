@@ -1,0 +1,107 @@
+"""The generic loop in one process: exact resume, schedules, non-finite handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers.checkpoint import read_progress, read_state
+from trainers.config import TrainConfig
+from trainers.loop import DirectorySession, NonFiniteLossError, RunOptions, Trainer
+
+PRESETS = Path(__file__).parent.parent / "configs" / "train"
+
+
+class RecordingTrainer(Trainer):
+    """Keeps every step's rank-averaged metrics, to compare runs step by step."""
+
+    def __init__(self, *args):
+        self.history: list[dict[str, float]] = []
+        super().__init__(*args)
+
+    def step(self, real, stage):
+        metrics, finite = super().step(real, stage)
+        self.history.append({k: v.item() for k, v in metrics.items()})
+        return metrics, finite
+
+
+def tiny_config(dataset: Path, family: str, **changes) -> TrainConfig:
+    models = {
+        "wgan_gp": {"family": "wgan_gp", "resolution": 32, "base_channels": 8, "n_critic": 2},
+        "began": {"family": "began", "resolution": 32, "channels": 8, "latent_dim": 8},
+        "progan": {
+            "family": "progan",
+            "resolution": 16,
+            "latent_dim": 16,
+            "fmap_base": 64,
+            "fmap_max": 16,
+            "fade_kimg": 0.064,
+            "stable_kimg": 0.064,
+        },
+    }
+    raw = {
+        "model": models[family],
+        "data": str(dataset),
+        "total_kimg": 0.384,
+        "batch_per_resolution": {4: 16, 8: 16, 16: 8, 32: 8},
+        "loader_workers": 0,
+        "shuffle_buffer": 20,
+        "log_every_kimg": 0.064,
+        "sample_every_kimg": 10,
+        "checkpoint_every_kimg": 10,
+        "sample_grid": 2,
+    }
+    raw.update(changes)
+    return TrainConfig.model_validate(raw)
+
+
+def run(config, session_dir: Path, stop_kimg=None) -> RecordingTrainer:
+    options = RunOptions(stop_kimg=stop_kimg, progress_bar=False)
+    trainer = RecordingTrainer(config, options, DirectorySession(session_dir))
+    trainer.run()
+    return trainer
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "began", "progan"])
+def test_resume_equals_uninterrupted_run(family, small_dataset, tmp_path):
+    """Stop at a checkpoint, resume in a new Trainer: every later step's losses and the final
+    weights (G, D, G_ema, optimizers, k_t) equal one uninterrupted run."""
+    config = tiny_config(small_dataset, family, checkpoint_every_kimg=0.192)
+    whole = run(config, tmp_path / "whole")
+    first = run(config, tmp_path / "split", stop_kimg=0.192)
+    second = run(config, tmp_path / "split")
+    assert read_progress(DirectorySession(tmp_path / "split").checkpoints()[0]).kimg == 0.192
+    assert len(first.history) + len(second.history) == len(whole.history)
+    assert first.history + second.history == whole.history
+    final_whole = read_state(DirectorySession(tmp_path / "whole").checkpoints()[-1])
+    final_split = read_state(DirectorySession(tmp_path / "split").checkpoints()[-1])
+    for part in ("G", "D", "G_ema", "loss"):
+        for name, tensor in final_whole[part].items():
+            assert torch.equal(tensor, final_split[part][name]), f"{part}.{name} differs"
+    assert final_whole["optimizer_G"]["state"].keys() == final_split["optimizer_G"]["state"].keys()
+
+
+def test_progan_grows_through_every_resolution_with_fade_in(small_dataset, tmp_path):
+    trainer = run(tiny_config(small_dataset, "progan"), tmp_path)
+    progress = trainer.progress
+    assert progress.resolution == 16
+    assert progress.batch_per_resolution == {4: 16, 8: 16, 16: 8}
+    assert trainer.stage.fade_alpha == 1.0
+    # G_ema trails G: close but not equal after training
+    ema, live = trainer.G_ema.state_dict(), trainer.G.state_dict()
+    assert any(not torch.equal(ema[k], live[k]) for k in live)
+
+
+def test_nonfinite_losses_stop_the_run_and_keep_the_last_checkpoint(small_dataset, tmp_path):
+    config = tiny_config(small_dataset, "wgan_gp", checkpoint_every_kimg=0.064)
+    run(config, tmp_path, stop_kimg=0.064)
+    model = config.model.model_dump() | {"lr": 1e30}  # Adam steps of 1e30 overflow at once
+    poisoned = TrainConfig.model_validate(
+        config.model_dump() | {"max_nonfinite_steps": 3, "model": model}
+    )
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
+        run(poisoned, tmp_path)
+    kept = DirectorySession(tmp_path).checkpoints()
+    assert [read_progress(p).kimg for p in kept] == [0.064]

@@ -1,0 +1,116 @@
+"""Checkpoints that resume exactly: state dicts, constructor arguments and the resolved config.
+
+Layout of one checkpoint directory (rank 0 writes all but the per-rank RNG files):
+  state.pt           G, D, G_ema, optimizers, the loss's running state, progress
+  networks.json      class and constructor keyword arguments of G and D
+  config.json        the resolved TrainConfig
+  progress.json      progress as JSON, readable without torch (the launcher reads it)
+  rng-rank<r>.pt     rank r's torch/CUDA/numpy/python RNG states and its latent generator
+Nothing pickles code: everything loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_NAME = "state.pt"
+NETWORKS_NAME = "networks.json"
+CONFIG_NAME = "config.json"
+PROGRESS_NAME = "progress.json"
+
+
+@dataclass
+class Progress:
+    """Where training stands; equal on every rank."""
+
+    images: int = 0  # real images shown to D, all ranks together
+    step: int = 0  # steps taken (one batch per rank each)
+    resolution: int = 0  # of the latest step (0 before the first): a change resets Adam
+    loader_epoch: int = 0  # times the data stream was (re)started; seeds its order
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in total
+    batch_per_resolution: dict[int, int] = field(default_factory=dict)  # global, as used
+    mlflow_run_id: str | None = None  # a resumed training logs into the same MLflow run
+
+    @property
+    def kimg(self) -> float:
+        return self.images / 1000
+
+    @classmethod
+    def from_json(cls, data: dict) -> Progress:
+        data = dict(data)
+        data["batch_per_resolution"] = {int(k): v for k, v in data["batch_per_resolution"].items()}
+        return cls(**data)
+
+
+def rng_name(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
+
+
+def capture_rng(latent_generator: torch.Generator) -> dict:
+    legacy = np.random.get_state()  # ('MT19937', uint32[624], pos, has_gauss, cached)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(legacy[1].astype(np.int64)), *legacy[2:]],
+        "python": random.getstate(),
+        "latents": latent_generator.get_state(),
+    }
+
+
+def restore_rng(state: dict, latent_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, *rest = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_as_tuples(state["python"]))
+    latent_generator.set_state(state["latents"])
+
+
+def _as_tuples(value):
+    """random.setstate wants the nested tuples getstate gave (a round trip may give lists)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def describe_network(module: torch.nn.Module) -> dict:
+    return {"class": type(module).__name__, "init_kwargs": module.init_kwargs}
+
+
+def write_checkpoint(
+    directory: Path,
+    *,
+    rank: int,
+    latent_generator: torch.Generator,
+    state: dict | None = None,
+    networks: dict | None = None,
+    config: dict | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Rank r writes its RNG file; rank 0 also passes state, networks, config and progress."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(capture_rng(latent_generator), directory / rng_name(rank))
+    if rank == 0:
+        torch.save(state, directory / STATE_NAME)
+        (directory / NETWORKS_NAME).write_text(json.dumps(networks, indent=2))
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        (directory / PROGRESS_NAME).write_text(json.dumps(asdict(progress), indent=2))
+
+
+def read_state(directory: Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(directory / STATE_NAME, map_location=device, weights_only=True)
+
+
+def read_rng(directory: Path, rank: int) -> dict | None:
+    """This rank's RNG states, or None when the checkpoint came from fewer ranks."""
+    path = directory / rng_name(rank)
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def read_progress(directory: Path) -> Progress:
+    return Progress.from_json(json.loads((directory / PROGRESS_NAME).read_text()))

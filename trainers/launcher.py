@@ -1,0 +1,228 @@
+"""Run a training config on Ray Train: one TorchTrainer worker per GPU (or CPU slot).
+
+Local Ray by default, the cluster named by RAY_ADDRESS otherwise. Every worker runs
+`trainers.loop.Trainer`; rank 0 logs to MLflow. A run lives in `<storage>/<run name>/`
+(Ray's checkpoints, sample grids); `resume` continues the latest checkpoint there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from trainers.config import TrainConfig
+from trainers.data.format import DatasetNotFoundError, load_manifest
+
+log = logging.getLogger(__name__)
+
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class LaunchError(ValueError):
+    """A problem the user can fix before any worker starts (exit status 2)."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training started and failed (exit status 1); the message says what was kept."""
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    config: TrainConfig
+    storage: Path  # runs live in storage/<run name>/
+    run_name: str | None = None  # default: <family>-<timestamp>; with resume: the latest run
+    resume: bool = False
+    use_gpu: bool = False  # nccl + bf16 autocast on one GPU per worker; gloo + fp32 otherwise
+    stop_kimg: float | None = None  # stop here (with a checkpoint) instead of total_kimg
+    tracking_uri: str | None = None  # MLflow store; None: MLFLOW_TRACKING_URI or ./mlflow.db
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    run_name: str
+    run_dir: Path
+    kimg: float
+    checkpoint: Path | None
+
+
+def check_dataset(config: TrainConfig) -> None:
+    """Every resolution the run trains must be in the dataset; else a LaunchError that names
+    what is missing and the command that builds it."""
+    root = Path(config.data)
+    build = f"ganforge data build --out {config.data} --max-resolution {config.model.resolution}"
+    try:
+        manifest = load_manifest(root)
+    except DatasetNotFoundError as error:
+        raise LaunchError(f"{error}; build it with `{build}`") from None
+    missing = [r for r in config.resolutions if not manifest.shards_at(r)]
+    if missing:
+        raise LaunchError(
+            f"dataset {root} has no shards at resolution {missing} (it has "
+            f"{manifest.resolutions}); build them with `{build}`"
+        )
+
+
+def _latest_run(storage: Path) -> str:
+    runs = (
+        [p for p in storage.glob("*/") if any(p.glob("checkpoint_*"))] if storage.is_dir() else []
+    )
+    if not runs:
+        raise LaunchError(f"--resume: no run with a checkpoint under {storage}")
+    return max(runs, key=lambda p: p.stat().st_mtime).name
+
+
+def resolve_run_name(request: LaunchRequest) -> str:
+    storage = request.storage
+    if request.resume:
+        name = request.run_name or _latest_run(storage)
+        if not any((storage / name).glob("checkpoint_*")):
+            raise LaunchError(f"--resume: run {name!r} has no checkpoint under {storage}")
+        return name
+    name = request.run_name or (
+        f"{request.config.model.family}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    if not RUN_NAME_PATTERN.match(name):
+        raise LaunchError(f"--run-name {name!r}: use letters, digits, '.', '_' and '-'")
+    if (storage / name).exists():
+        raise LaunchError(
+            f"run {name!r} already exists in {storage}: pass --resume to continue it, "
+            "or choose another --run-name"
+        )
+    return name
+
+
+class _RaySession:
+    """The loop's `Session` on Ray Train: resume point and checkpoint reporting."""
+
+    @contextlib.contextmanager
+    def restore_dir(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _train_worker(payload: dict) -> None:
+    """Entry point of every Ray Train worker."""
+    import ray.train.torch
+
+    from trainers.loop import RunOptions, Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    use_gpu = payload["use_gpu"]
+    options = RunOptions(
+        device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"),
+        autocast_dtype=torch.bfloat16 if use_gpu else None,
+        stop_kimg=payload["stop_kimg"],
+        run_dir=Path(payload["run_dir"]),
+        tracking_uri=payload["tracking_uri"],
+        run_name=payload["run_name"],
+        progress_bar=payload["progress_bar"],
+    )
+    trainer = Trainer(TrainConfig.model_validate(payload["config"]), options, _RaySession())
+    try:
+        trainer.run()
+    except BaseException:
+        trainer.close(failed=True)
+        raise
+    trainer.close()
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first worker's own exception message out of Ray's wrapping."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for failure in failures.values():
+        return f"{type(failure).__name__}: {failure}"
+    return f"{type(error).__name__}: {error}"
+
+
+def launch(request: LaunchRequest) -> LaunchResult:
+    """Validate, start (or join) Ray, run the TorchTrainer, and report where things are."""
+    from trainers.tracking import resolve_tracking_uri
+
+    config = request.config
+    if "://" not in config.data:  # workers run in other directories
+        config = config.model_copy(update={"data": str(Path(config.data).resolve())})
+    check_dataset(config)
+    for resolution in config.resolutions:
+        try:
+            config.batch_per_worker(resolution, config.workers)
+        except ValueError as error:
+            raise LaunchError(str(error)) from None
+    storage = request.storage.resolve()
+    run_name = resolve_run_name(request)
+    if request.use_gpu and not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
+        raise LaunchError("--gpu: no CUDA device here; drop --gpu to train on CPU")
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    payload = {
+        "config": config.model_dump(mode="json"),
+        "use_gpu": request.use_gpu,
+        "stop_kimg": request.stop_kimg,
+        "run_dir": str(storage / run_name),
+        "run_name": run_name,
+        "tracking_uri": resolve_tracking_uri(
+            request.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        ),
+        "progress_bar": request.progress_bar,
+    }
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=payload,
+        torch_config=TorchConfig(backend="nccl" if request.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=request.use_gpu,
+            resources_per_worker={"GPU": 1} if request.use_gpu else {"CPU": 1},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as error:
+        kept = _latest_checkpoint(storage / run_name)
+        where = f"the latest checkpoint is {kept}" if kept else "no checkpoint was written"
+        raise TrainingFailed(f"training failed: {_root_cause(error)}; {where}") from error
+    checkpoint = Path(result.checkpoint.path) if result.checkpoint else None
+    from trainers.checkpoint import read_progress
+
+    kimg = read_progress(checkpoint).kimg if checkpoint else 0.0
+    return LaunchResult(run_name, storage / run_name, kimg, checkpoint)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    return checkpoints[-1] if checkpoints else None

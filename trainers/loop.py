@@ -1,0 +1,378 @@
+"""The generic training loop: walks the family's phases each step; knows no family by name.
+
+It runs inside each Ray Train worker (or any process with an optional process group) and
+talks to its host through a `Session`: where to resume from, and where checkpoints go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from trainers import distributed
+from trainers.checkpoint import (
+    Progress,
+    describe_network,
+    read_progress,
+    read_rng,
+    read_state,
+    restore_rng,
+    write_checkpoint,
+)
+from trainers.config import TrainConfig
+from trainers.data.reader import ShardReader
+from trainers.ema import update_ema
+from trainers.families import Family, build_family
+from trainers.losses.base import StepState
+from trainers.sampling import generate, write_grid
+from trainers.schedule import GrowthSchedule, Stage
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss; the last good checkpoint is kept."""
+
+
+class Session(Protocol):
+    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
+        """The checkpoint to resume from, as a local directory, or None for a fresh start."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Hand a written checkpoint to the host (every rank calls this at the same step)."""
+
+
+class DirectorySession:
+    """A `Session` without Ray, for one process: checkpoints are copied to
+    root/checkpoint-<images shown>/ and a new session resumes from the newest."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def checkpoints(self) -> list[Path]:
+        found = self.root.glob("checkpoint-*") if self.root.is_dir() else []
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    @contextlib.contextmanager
+    def restore_dir(self) -> Iterator[Path | None]:
+        found = self.checkpoints()
+        yield found[-1] if found else None
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        images = read_progress(checkpoint_dir).images
+        shutil.copytree(checkpoint_dir, self.root / f"checkpoint-{images:012d}")
+
+
+@dataclass
+class RunOptions:
+    """What the launcher decides per run, beside the config."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None  # torch.bfloat16 on GPU
+    stop_kimg: float | None = None  # stop (with a checkpoint) here instead of total_kimg
+    run_dir: Path | None = None  # rank 0 writes sample grids under run_dir/samples
+    tracking_uri: str | None = None  # MLflow store rank 0 logs to; None logs nothing
+    run_name: str = "ganforge"  # MLflow run name of a new run
+    progress_bar: bool = True
+
+
+def _stream_seed(seed: int, loader_epoch: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{loader_epoch}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+def _crossed(before: float, after: float, every: float) -> bool:
+    return int(after / every) > int(before / every)
+
+
+def fade_real(real: torch.Tensor, fade_alpha: float) -> torch.Tensor:
+    """During a fade-in, real images blend with their half-resolution version (box-filtered and
+    nearest-upsampled), as ProGAN does, so D sees what G can produce at this alpha."""
+    if fade_alpha >= 1.0:
+        return real
+    coarse = F.interpolate(F.avg_pool2d(real, 2), scale_factor=2, mode="nearest")
+    return torch.lerp(coarse, real, fade_alpha)
+
+
+class Trainer:
+    """One worker's training state and the loop over it."""
+
+    def __init__(self, config: TrainConfig, options: RunOptions, session: Session):
+        self.config, self.options, self.session = config, options, session
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.device = options.device
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.family: Family = build_family(config)
+        self.G = self.family.generator.to(self.device)
+        self.D = self.family.discriminator.to(self.device)
+        self.G_ema = None
+        if self.family.ema_beta is not None:
+            self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.schedule = GrowthSchedule(
+            tuple(config.resolutions),
+            getattr(config.model, "fade_kimg", 1.0),
+            getattr(config.model, "stable_kimg", 1.0),
+        )
+        self.progress = Progress()
+        self.latent_generator = torch.Generator(self.device).manual_seed(
+            config.seed * 7919 + self.rank
+        )
+        # fixed latents for sample grids: the same in every run of this config and seed
+        self.sample_latents = self.G.sample_latents(
+            config.sample_grid**2,
+            torch.Generator(self.device).manual_seed(config.seed),
+            self.device,
+        )
+        self.stage = self.schedule.at(0.0)
+        self.optimizers = self._new_optimizers(self.stage.resolution)
+        self._restore()
+        self.logger = None
+        if self.rank == 0 and options.tracking_uri:
+            from trainers.tracking import RunLogger
+
+            self.logger = RunLogger(
+                options.tracking_uri,
+                config.experiment,
+                options.run_name,
+                self.progress.mlflow_run_id,
+                config.model_dump(mode="json"),
+            )
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _new_optimizers(self, resolution: int) -> dict[str, torch.optim.Optimizer]:
+        lr = self.family.learning_rate(self.progress.kimg, resolution)
+        return {"G": self.family.optimizer(self.G, lr), "D": self.family.optimizer(self.D, lr)}
+
+    def _restore(self) -> None:
+        with self.session.restore_dir() as directory:
+            if directory is None:
+                distributed.broadcast_module(self.G)
+                distributed.broadcast_module(self.D)
+                if self.G_ema is not None:
+                    self.G_ema.load_state_dict(self.G.state_dict())
+                return
+            state = read_state(directory, self.device)
+            self.progress = read_progress(directory)
+            self.stage = self.schedule.at(self.progress.kimg)
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(state["G_ema"])
+            self.optimizers = self._new_optimizers(self.stage.resolution)
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state[f"optimizer_{name}"])
+            self.family.loss.load_state_dict(state["loss"])
+            rng = read_rng(directory, self.rank)
+            if rng is None:
+                log.warning(
+                    "checkpoint has no RNG state for rank %d (written by fewer workers): "
+                    "this rank continues with fresh random streams",
+                    self.rank,
+                )
+            else:
+                restore_rng(rng, self.latent_generator)
+            self.progress.loader_epoch += 1  # the stream restarts after every checkpoint
+            log.info("resumed at kimg %.3f (step %d)", self.progress.kimg, self.progress.step)
+
+    def _state(self) -> dict:
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else {},
+            **{f"optimizer_{k}": v.state_dict() for k, v in self.optimizers.items()},
+            "loss": self.family.loss.state_dict(),
+        }
+
+    def save_checkpoint(self, metrics: dict[str, float]) -> None:
+        rank0 = self.rank == 0
+        if rank0 and self.logger is not None:
+            self.progress.mlflow_run_id = self.logger.run_id_future.result()
+        with tempfile.TemporaryDirectory(prefix="ganforge-checkpoint-") as tmp:
+            directory = Path(tmp)
+            write_checkpoint(
+                directory,
+                rank=self.rank,
+                latent_generator=self.latent_generator,
+                state=self._state() if rank0 else None,
+                networks={"G": describe_network(self.G), "D": describe_network(self.D)},
+                config=self.config.model_dump(mode="json"),
+                progress=self.progress,
+            )
+            if rank0 and self.logger is not None:
+                self.logger.log_checkpoint(directory)
+            self.session.report(metrics, directory)
+        self.progress.loader_epoch += 1
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _batches(self, resolution: int) -> Iterator[torch.Tensor]:
+        batch = self.config.batch_per_worker(resolution, self.world_size)
+        self.progress.batch_per_resolution[resolution] = batch * self.world_size
+        reader = ShardReader(
+            self.config.data,
+            resolution,
+            batch,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.config.loader_workers,
+            shuffle_buffer=self.config.shuffle_buffer,
+            seed=_stream_seed(self.config.seed, self.progress.loader_epoch),
+            batches_per_epoch=2**62,  # one endless epoch: a restart is a new loader_epoch
+        )
+        for real in reader:
+            yield real.to(self.device, non_blocking=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def step(self, real: torch.Tensor, stage: Stage) -> tuple[dict[str, torch.Tensor], bool]:
+        """One step: every phase due at this step, in order. Returns rank-averaged metrics and
+        whether every phase's gradients were finite (a non-finite phase is not applied)."""
+        state = StepState(
+            stage.resolution, stage.fade_alpha, self.latent_generator, self.options.autocast_dtype
+        )
+        real = fade_real(real, stage.fade_alpha)
+        lr = self.family.learning_rate(self.progress.kimg, stage.resolution)
+        metrics: dict[str, torch.Tensor] = {}
+        finite, generator_stepped = True, False
+        for phase in self.family.phases:
+            if self.progress.step % phase.interval:
+                continue
+            module = self.G if phase.trains == "G" else self.D
+            self.G.requires_grad_(phase.trains == "G")
+            self.D.requires_grad_(phase.trains == "D")
+            optimizer = self.optimizers[phase.trains]
+            optimizer.zero_grad(set_to_none=True)
+            phase_metrics = self.family.loss.accumulate_gradients(phase, real, state)
+            metrics.update({f"{phase.name}/{k}": v for k, v in phase_metrics.items()})
+            if bool(distributed.average_gradients(module)):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                generator_stepped |= phase.trains == "G"
+            else:
+                finite = False
+        metrics = distributed.average_metrics(metrics)
+        if finite:
+            metrics.update(self.family.loss.end_step(metrics))
+            if generator_stepped and self.G_ema is not None:
+                update_ema(self.G_ema, self.G, self.family.ema_beta)
+        return metrics, finite
+
+    def write_samples(self) -> None:
+        if self.rank != 0 or self.options.run_dir is None:
+            return
+        images = generate(
+            self.G_ema if self.G_ema is not None else self.G,
+            self.sample_latents,
+            self.stage.resolution,
+            self.stage.fade_alpha,
+            autocast_dtype=self.options.autocast_dtype,
+        )
+        name = f"kimg{self.progress.kimg:010.3f}.png"
+        path = write_grid(images, self.options.run_dir / "samples" / name)
+        if self.logger is not None:
+            self.logger.log_file(path, "samples")
+
+    def _progress_bar(self, stop_kimg: float):
+        if self.rank != 0 or not self.options.progress_bar:
+            return None
+        import ray
+
+        if ray.is_initialized():  # rendered by the driver, not interleaved worker stderr
+            from ray.experimental.tqdm_ray import tqdm
+        else:
+            from tqdm import tqdm
+        bar = tqdm(desc="training", total=round(stop_kimg, 3), unit="kimg")
+        bar.update(round(self.progress.kimg, 3))
+        return bar
+
+    def run(self) -> Progress:
+        config, progress = self.config, self.progress
+        stop_kimg = min(self.options.stop_kimg or config.total_kimg, config.total_kimg)
+        bar = self._progress_bar(stop_kimg)
+        if progress.kimg == 0:
+            self.write_samples()  # the untrained baseline grid
+        sums: dict[str, torch.Tensor] = {}
+        steps_logged, consecutive_nonfinite = 0, 0
+        logged_kimg, logged_time = progress.kimg, time.perf_counter()
+        resolution, batches = progress.resolution or None, None
+        while progress.kimg < stop_kimg - 1e-9:
+            self.stage = self.schedule.at(progress.kimg)
+            if self.stage.resolution != resolution:
+                if resolution is not None and self.family.reset_optimizer_on_grow:
+                    self.optimizers = self._new_optimizers(self.stage.resolution)
+                resolution, batches = self.stage.resolution, None
+            if batches is None:
+                batches = self._batches(resolution)
+            real = next(batches)
+            metrics, finite = self.step(real, self.stage)
+            global_batch = real.shape[0] * self.world_size
+            before = progress.kimg
+            progress.images += global_batch
+            progress.step += 1
+            progress.resolution = resolution
+            if finite:
+                consecutive_nonfinite = 0
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+                steps_logged += 1
+            else:
+                progress.nonfinite_steps += 1
+                consecutive_nonfinite += 1
+                log.warning("non-finite loss at kimg %.3f: step skipped", progress.kimg)
+                if consecutive_nonfinite >= config.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{consecutive_nonfinite} consecutive steps had a non-finite loss "
+                        f"(at kimg {progress.kimg:.3f}); training stopped. The last good "
+                        "checkpoint is kept: lower the learning rate and resume with --resume."
+                    )
+            done = progress.kimg >= stop_kimg - 1e-9
+            if _crossed(before, progress.kimg, config.log_every_kimg) or done:
+                now = time.perf_counter()
+                shown = (progress.kimg - logged_kimg) * 1000
+                record = {k: (v / max(steps_logged, 1)).item() for k, v in sums.items()}
+                record.update(
+                    kimg=progress.kimg,
+                    resolution=self.stage.resolution,
+                    fade_alpha=self.stage.fade_alpha,
+                    batch_size=global_batch,
+                    images_per_second=shown / max(now - logged_time, 1e-9),
+                    seconds_per_kimg=(now - logged_time) / max(shown / 1000, 1e-9),
+                    nonfinite_steps=progress.nonfinite_steps,
+                )
+                if self.logger is not None:
+                    self.logger.log_metrics(record, progress.images)
+                if bar is not None:
+                    bar.set_description(
+                        f"{self.stage.resolution}² alpha {self.stage.fade_alpha:.2f} "
+                        f"batch {global_batch} {record['images_per_second']:.0f} img/s"
+                    )
+                    bar.update(round(progress.kimg - logged_kimg, 3))
+                sums, steps_logged = {}, 0
+                logged_kimg, logged_time = progress.kimg, time.perf_counter()
+            if _crossed(before, progress.kimg, config.sample_every_kimg) or done:
+                self.write_samples()
+            if _crossed(before, progress.kimg, config.checkpoint_every_kimg) or done:
+                self.save_checkpoint({"kimg": progress.kimg})
+                batches = None  # the stream restarts from the next loader_epoch's seed
+        if bar is not None:
+            bar.close()
+        return progress
+
+    def close(self, failed: bool = False) -> None:
+        """End the MLflow run after its uploads finish."""
+        if self.logger is not None:
+            self.logger.close("FAILED" if failed else "FINISHED")

@@ -1,0 +1,68 @@
+"""Boundary equilibrium GAN loss (Berthelot et al. 2017): the discriminator is an autoencoder
+and k_t balances how hard it pushes fake reconstructions away."""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.losses.base import GanLoss, Phase, StepState
+
+
+def began_phases() -> list[Phase]:
+    return [Phase("D", "D"), Phase("G", "G")]
+
+
+class BEGANLoss(GanLoss):
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        discriminator: torch.nn.Module,
+        gamma: float = 0.5,  # diversity ratio E[L(G(z))] / E[L(x)]; lower is sharper, less varied
+        lambda_k: float = 0.001,  # proportional gain of the k_t controller
+        k_initial: float = 0.0,
+    ):
+        super().__init__(generator, discriminator)
+        self.gamma = gamma
+        self.lambda_k = lambda_k
+        # float64: k_t moves by ~1e-4 a step, which float32 rounding would distort near 1.
+        self.k = torch.tensor(k_initial, dtype=torch.float64)
+
+    def _autoencoder_loss(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
+        """L(v) = mean |v − D(v)|, the pixel-wise L1 reconstruction error."""
+        return (images - self.discriminate(images, state)).abs().mean()
+
+    def accumulate_gradients(
+        self, phase: Phase, real: torch.Tensor, state: StepState
+    ) -> dict[str, torch.Tensor]:
+        if phase.trains == "D":
+            with torch.no_grad():
+                fake = self.generate(len(real), state, real.device)
+            reconstruction_real = self._autoencoder_loss(real, state)
+            reconstruction_fake = self._autoencoder_loss(fake, state)
+            loss = reconstruction_real - self.k.item() * reconstruction_fake
+            loss.backward()
+            return {
+                "loss": loss.detach(),
+                "reconstruction_real": reconstruction_real.detach(),
+                "reconstruction_fake": reconstruction_fake.detach(),
+            }
+        loss = self._autoencoder_loss(self.generate(len(real), state, real.device), state)
+        loss.backward()
+        return {"loss": loss.detach()}
+
+    def end_step(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # "D/": the name of the phase that measured them in began_phases().
+        reconstruction_real = metrics["D/reconstruction_real"].to(self.k)
+        reconstruction_fake = metrics["D/reconstruction_fake"].to(self.k)
+        balance = self.gamma * reconstruction_real - reconstruction_fake
+        self.k = (self.k + self.lambda_k * balance).clamp(0.0, 1.0)
+        # M_global of the paper: low when reconstructions are good and the balance holds.
+        convergence = reconstruction_real + balance.abs()
+        return {"k_t": self.k.clone(), "convergence": convergence}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"k_t": self.k.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        assert state.keys() == {"k_t"}, f"BEGANLoss expects only k_t, got {sorted(state)}"
+        self.k = state["k_t"].to(torch.float64).clone()
