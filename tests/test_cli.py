@@ -7,7 +7,9 @@ import pytest
 from tests.conftest import ganforge
 
 
-@pytest.mark.parametrize("command", [[], ["data"], ["data", "build"], ["data", "verify"]])
+@pytest.mark.parametrize(
+    "command", [[], ["data"], ["data", "build"], ["data", "verify"], ["train"]]
+)
 def test_every_command_has_help(command):
     result = ganforge(*command, "--help")
     assert result.returncode == 0

@@ -105,3 +105,11 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_checkpoint(small_datase
         run(poisoned, tmp_path)
     kept = DirectorySession(tmp_path).checkpoints()
     assert [read_progress(p).kimg for p in kept] == [0.064]
+
+
+def test_auto_batch_on_cpu_keeps_the_table_with_a_note(small_dataset, tmp_path, caplog):
+    config = tiny_config(small_dataset, "wgan_gp", auto_batch=True, total_kimg=0.016)
+    with caplog.at_level("INFO", logger="trainers.auto_batch"):
+        trainer = run(config, tmp_path)
+    assert "auto_batch: no GPU memory to measure" in caplog.text
+    assert trainer.progress.batch_per_resolution == {32: 8}

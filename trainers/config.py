@@ -70,7 +70,7 @@ class BeganModel(_Strict):
     k_initial: float = Field(default=0.0, ge=0, le=1)  # k_0 = 0 in the paper
     lr: float = Field(default=8e-5, gt=0)  # official starting learning rate
     betas: Betas = (0.5, 0.999)  # official Adam β1, β2
-    lr_halve_every_kimg: float = Field(default=3200.0, gt=0)  # 100k steps of 16 images, halved
+    lr_halve_every_kimg: float = Field(default=1600.0, gt=0)  # official: every 100k steps of 16
     lr_floor: float = Field(default=2e-5, gt=0)  # the official code stops decaying here
 
     @field_validator("resolution")

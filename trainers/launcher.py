@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainers.config import TrainConfig
-from trainers.data.format import DatasetNotFoundError, load_manifest
+from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ def check_dataset(config: TrainConfig) -> None:
     what is missing and the command that builds it."""
     root = Path(config.data)
     build = f"ganforge data build --out {config.data} --max-resolution {config.model.resolution}"
+    if not (root / MANIFEST_NAME).is_file():
+        raise LaunchError(f"no dataset at {root} (no {MANIFEST_NAME}); build it with `{build}`")
     try:
         manifest = load_manifest(root)
     except DatasetNotFoundError as error:
-        raise LaunchError(f"{error}; build it with `{build}`") from None
+        raise LaunchError(str(error)) from None
     missing = [r for r in config.resolutions if not manifest.shards_at(r)]
     if missing:
         raise LaunchError(
@@ -160,9 +162,9 @@ def launch(request: LaunchRequest) -> LaunchResult:
     from trainers.tracking import resolve_tracking_uri
 
     config = request.config
+    check_dataset(config)
     if "://" not in config.data:  # workers run in other directories
         config = config.model_copy(update={"data": str(Path(config.data).resolve())})
-    check_dataset(config)
     for resolution in config.resolutions:
         try:
             config.batch_per_worker(resolution, config.workers)

@@ -113,6 +113,11 @@ class Trainer:
         self.config, self.options, self.session = config, options, session
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.device = options.device
+        if config.auto_batch:
+            from trainers.auto_batch import choose_batch_per_resolution
+
+            table = choose_batch_per_resolution(config, self.device)
+            self.config = config = config.model_copy(update={"batch_per_resolution": table})
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.family: Family = build_family(config)
         self.G = self.family.generator.to(self.device)
@@ -309,6 +314,7 @@ class Trainer:
         steps_logged, consecutive_nonfinite = 0, 0
         logged_kimg, logged_time = progress.kimg, time.perf_counter()
         resolution, batches = progress.resolution or None, None
+        first_step = progress.step
         while progress.kimg < stop_kimg - 1e-9:
             self.stage = self.schedule.at(progress.kimg)
             if self.stage.resolution != resolution:
@@ -319,6 +325,8 @@ class Trainer:
                 batches = self._batches(resolution)
             real = next(batches)
             metrics, finite = self.step(real, self.stage)
+            if progress.step == first_step and self.rank == 0:  # launch overhead ends here
+                log.info("first step done at %.3f (unix time)", time.time())
             global_batch = real.shape[0] * self.world_size
             before = progress.kimg
             progress.images += global_batch

@@ -1,0 +1,201 @@
+"""`ganforge train` as users type it: config errors before any worker starts, and short real
+runs of every family on a local 2-worker Ray cluster, checked through what MLflow recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO, ganforge
+from trainers.config import load_train_config
+
+PRESETS = sorted((REPO / "configs" / "train").rglob("*.yaml"))
+QUICKSTART = REPO / "configs" / "train"
+
+# Shrinks a quickstart preset to seconds of training on the 40-image test dataset.
+TINY = {
+    "wgan_gp": ["model.base_channels=8", "batch_per_resolution={32: 16}", "model.n_critic=2"],
+    "began": ["model.channels=8", "model.latent_dim=8", "batch_per_resolution={32: 16}"],
+    "progan": [
+        "model.resolution=16",
+        "model.fmap_base=64",
+        "model.fmap_max=16",
+        "model.latent_dim=16",
+        "model.fade_kimg=0.064",
+        "model.stable_kimg=0.064",
+        "batch_per_resolution={4: 16, 8: 16, 16: 16}",
+    ],
+}
+SHORT = [
+    "total_kimg=0.384",
+    "log_every_kimg=0.064",
+    "sample_every_kimg=0.192",
+    "checkpoint_every_kimg=0.192",
+    "sample_grid=2",
+    "loader_workers=0",
+]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(QUICKSTART)))
+def test_every_preset_validates_and_splits_its_batches(preset):
+    config = load_train_config(preset)
+    for resolution in config.resolutions:
+        assert config.batch_per_worker(resolution, config.workers) >= 1
+
+
+def test_paper_progan_preset_grows_to_1024():
+    config = load_train_config(QUICKSTART / "paper" / "progan.yaml")
+    assert config.resolutions == [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (sets("model.fade_kmg=3"), "model.fade_kmg: unknown key; allowed: family, resolution"),
+        (sets("sede=1"), "sede: unknown key; allowed: model, data, seed"),
+        (sets("total_kimg=-1"), "total_kimg: Input should be greater than 0"),
+        (sets("model.family=gan"), "does not match any of the expected tags"),
+        (sets("model.resolution=48"), "model.resolution: Value error, must be a power of two"),
+        (sets("batch_per_resolution={4: 8}"), "no entry for resolution 8"),
+        (sets("seed"), "expected key=value"),
+        (["--workers", "3"], "batch_per_resolution[4] = 64 does not split over 3 workers"),
+    ],
+)
+def test_config_errors_exit_2_naming_the_key(args, named, small_dataset, tmp_path):
+    result = ganforge(
+        "train",
+        str(QUICKSTART / "progan.yaml"),
+        "--data",
+        str(small_dataset),
+        *sets("model.resolution=16"),
+        *args,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_dataset_exits_2_naming_the_build_command(tmp_path):
+    result = ganforge("train", str(QUICKSTART / "wgan_gp.yaml"), "--data", "nowhere", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no dataset at nowhere" in result.stderr
+    assert "ganforge data build --out nowhere --max-resolution 32" in result.stderr
+
+
+def test_missing_resolution_exits_2_naming_it(small_dataset, tmp_path):
+    result = ganforge(
+        "train",
+        str(QUICKSTART / "began.yaml"),
+        "--data",
+        str(small_dataset),
+        *sets("model.resolution=64", "batch_per_resolution={64: 16}"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "no shards at resolution [64]" in result.stderr
+    assert "--max-resolution 64" in result.stderr
+
+
+# -- real runs on Ray -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return MlflowClient(f"sqlite:///{store}"), f"sqlite:///{store}"
+
+
+def train(family, run_name, workdir, env, *extra):
+    return ganforge(
+        "train",
+        str(QUICKSTART / f"{family}.yaml"),
+        *sets(*TINY[family], *SHORT),
+        "--run-name",
+        run_name,
+        "--no-progress",
+        *extra,
+        cwd=workdir,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def train_env(ray_address, subprocess_env, mlflow_client):
+    return subprocess_env | {
+        "RAY_ADDRESS": ray_address,
+        "RAY_AUTH_MODE": "disabled",
+        "MLFLOW_TRACKING_URI": mlflow_client[1],
+    }
+
+
+def run_by_name(client, name):
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("ganforge").experiment_id],
+        filter_string=f"attributes.run_name = '{name}'",
+    )
+    return run
+
+
+def history(client, run, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+
+
+FAMILY_METRICS = {
+    "wgan_gp": {"D/wasserstein", "D/gradient_penalty", "D/loss", "G/loss"},
+    "began": {"k_t", "convergence", "D/reconstruction_real", "D/reconstruction_fake", "G/loss"},
+    "progan": {"D/wasserstein", "D/gradient_penalty", "D/drift", "G/loss"},
+}
+
+
+@pytest.mark.parametrize("family", ["began", "progan"])
+def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
+    family, small_dataset, train_env, mlflow_client, tmp_path
+):
+    client, _ = mlflow_client
+    result = train(family, f"{family}-e2e", tmp_path, train_env, "--data", str(small_dataset))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_by_name(client, f"{family}-e2e")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.family"] == family
+    assert run.data.params["workers"] == "2"
+    common = {"kimg", "images_per_second", "seconds_per_kimg", "resolution", "batch_size"}
+    assert FAMILY_METRICS[family] | common <= set(run.data.metrics)
+    assert run.data.metrics["kimg"] == pytest.approx(0.384)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "samples", "checkpoint"} <= artifacts
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert len(samples) == 3  # kimg 0, 0.192, 0.384
+    if family == "progan":
+        resolutions = [value for _, value in history(client, run, "resolution")]
+        assert resolutions == sorted(resolutions) and set(resolutions) == {4, 8, 16}
+        alphas = [value for _, value in history(client, run, "fade_alpha")]
+        assert any(0 < a < 1 for a in alphas)
+        assert {v for _, v in history(client, run, "batch_size")} == {16}
+    if family == "began":
+        assert all(0 <= k <= 1 for _, k in history(client, run, "k_t"))
+
+
+def test_resume_continues_the_same_mlflow_run(small_dataset, train_env, mlflow_client, tmp_path):
+    """--max-kimg stops with a checkpoint; --resume continues from there in the same MLflow run,
+    kimg going on (not restarting at 0); a second start without --resume is refused."""
+    client, _ = mlflow_client
+    data = ["--data", str(small_dataset)]
+    first = train("wgan_gp", "resumable", tmp_path, train_env, *data, "--max-kimg", "0.192")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = train("wgan_gp", "resumable", tmp_path, train_env, *data)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    second = train("wgan_gp", "resumable", tmp_path, train_env, *data, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "to kimg 0.384" in second.stdout
+    run = run_by_name(client, "resumable")  # one run: the resume did not open another
+    assert run.info.status == "FINISHED"
+    steps = [step for step, _ in history(client, run, "kimg")]
+    assert steps == sorted(steps) and steps[0] == 64 and steps[-1] == 384
+    assert len(steps) == len(set(steps)) == 6
