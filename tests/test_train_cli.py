@@ -196,6 +196,7 @@ def test_resume_continues_the_same_mlflow_run(small_dataset, train_env, mlflow_c
     assert "to kimg 0.384" in second.stdout
     run = run_by_name(client, "resumable")  # one run: the resume did not open another
     assert run.info.status == "FINISHED"
+    assert FAMILY_METRICS["wgan_gp"] <= set(run.data.metrics)
     steps = [step for step, _ in history(client, run, "kimg")]
     assert steps == sorted(steps) and steps[0] == 64 and steps[-1] == 384
     assert len(steps) == len(set(steps)) == 6

@@ -106,6 +106,24 @@ def fade_real(real: torch.Tensor, fade_alpha: float) -> torch.Tensor:
     return torch.lerp(coarse, real, fade_alpha)
 
 
+class _Interval:
+    """Sums of step metrics since the last log line, kept as tensors (no device sync); counted
+    per key, since a phase with an interval (WGAN-GP's G) reports on some steps only."""
+
+    def __init__(self, kimg: float):
+        self.kimg, self.started = kimg, time.perf_counter()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {key: (value / self.counts[key]).item() for key, value in self.sums.items()}
+
+
 class Trainer:
     """One worker's training state and the loop over it."""
 
@@ -306,15 +324,13 @@ class Trainer:
 
     def run(self) -> Progress:
         config, progress = self.config, self.progress
-        stop_kimg = min(self.options.stop_kimg or config.total_kimg, config.total_kimg)
-        bar = self._progress_bar(stop_kimg)
+        stop_kimg = self.options.stop_kimg or config.total_kimg
+        self._bar = self._progress_bar(stop_kimg)
         if progress.kimg == 0:
             self.write_samples()  # the untrained baseline grid
-        sums: dict[str, torch.Tensor] = {}
-        steps_logged, consecutive_nonfinite = 0, 0
-        logged_kimg, logged_time = progress.kimg, time.perf_counter()
+        self._interval = _Interval(progress.kimg)
+        consecutive_nonfinite = 0
         resolution, batches = progress.resolution or None, None
-        first_step = progress.step
         while progress.kimg < stop_kimg - 1e-9:
             self.stage = self.schedule.at(progress.kimg)
             if self.stage.resolution != resolution:
@@ -325,18 +341,13 @@ class Trainer:
                 batches = self._batches(resolution)
             real = next(batches)
             metrics, finite = self.step(real, self.stage)
-            if progress.step == first_step and self.rank == 0:  # launch overhead ends here
-                log.info("first step done at %.3f (unix time)", time.time())
-            global_batch = real.shape[0] * self.world_size
             before = progress.kimg
-            progress.images += global_batch
+            progress.images += real.shape[0] * self.world_size
             progress.step += 1
             progress.resolution = resolution
             if finite:
                 consecutive_nonfinite = 0
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().float()
-                steps_logged += 1
+                self._interval.add(metrics)
             else:
                 progress.nonfinite_steps += 1
                 consecutive_nonfinite += 1
@@ -349,36 +360,40 @@ class Trainer:
                     )
             done = progress.kimg >= stop_kimg - 1e-9
             if _crossed(before, progress.kimg, config.log_every_kimg) or done:
-                now = time.perf_counter()
-                shown = (progress.kimg - logged_kimg) * 1000
-                record = {k: (v / max(steps_logged, 1)).item() for k, v in sums.items()}
-                record.update(
-                    kimg=progress.kimg,
-                    resolution=self.stage.resolution,
-                    fade_alpha=self.stage.fade_alpha,
-                    batch_size=global_batch,
-                    images_per_second=shown / max(now - logged_time, 1e-9),
-                    seconds_per_kimg=(now - logged_time) / max(shown / 1000, 1e-9),
-                    nonfinite_steps=progress.nonfinite_steps,
-                )
-                if self.logger is not None:
-                    self.logger.log_metrics(record, progress.images)
-                if bar is not None:
-                    bar.set_description(
-                        f"{self.stage.resolution}² alpha {self.stage.fade_alpha:.2f} "
-                        f"batch {global_batch} {record['images_per_second']:.0f} img/s"
-                    )
-                    bar.update(round(progress.kimg - logged_kimg, 3))
-                sums, steps_logged = {}, 0
-                logged_kimg, logged_time = progress.kimg, time.perf_counter()
+                self._log(real.shape[0] * self.world_size)
             if _crossed(before, progress.kimg, config.sample_every_kimg) or done:
                 self.write_samples()
             if _crossed(before, progress.kimg, config.checkpoint_every_kimg) or done:
                 self.save_checkpoint({"kimg": progress.kimg})
                 batches = None  # the stream restarts from the next loader_epoch's seed
-        if bar is not None:
-            bar.close()
+        if self._bar is not None:
+            self._bar.close()
         return progress
+
+    def _log(self, global_batch: int) -> None:
+        """Interval means of the step metrics plus speed and schedule, to MLflow and the bar."""
+        progress, interval = self.progress, self._interval
+        seconds = time.perf_counter() - interval.started
+        shown = (progress.kimg - interval.kimg) * 1000
+        record = interval.means()
+        record.update(
+            kimg=progress.kimg,
+            resolution=self.stage.resolution,
+            fade_alpha=self.stage.fade_alpha,
+            batch_size=global_batch,
+            images_per_second=shown / max(seconds, 1e-9),
+            seconds_per_kimg=seconds / max(shown / 1000, 1e-9),
+            nonfinite_steps=progress.nonfinite_steps,
+        )
+        if self.logger is not None:
+            self.logger.log_metrics(record, progress.images)
+        if self._bar is not None:
+            self._bar.set_description(
+                f"{self.stage.resolution}² alpha {self.stage.fade_alpha:.2f} "
+                f"batch {global_batch} {record['images_per_second']:.0f} img/s"
+            )
+            self._bar.update(round(progress.kimg - interval.kimg, 3))
+        self._interval = _Interval(progress.kimg)
 
     def close(self, failed: bool = False) -> None:
         """End the MLflow run after its uploads finish."""
