@@ -113,3 +113,14 @@ def test_auto_batch_on_cpu_keeps_the_table_with_a_note(small_dataset, tmp_path, 
         trainer = run(config, tmp_path)
     assert "auto_batch: no GPU memory to measure" in caplog.text
     assert trainer.progress.batch_per_resolution == {32: 8}
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "began", "progan"])
+def test_bf16_autocast_path_trains_with_finite_losses(family, small_dataset, tmp_path):
+    """The GPU recipe's autocast runs on CPU too: the same code path, checked without a GPU."""
+    config = tiny_config(small_dataset, family, total_kimg=0.032)  # CPU bf16 convs are slow
+    options = RunOptions(autocast_dtype=torch.bfloat16, progress_bar=False)
+    trainer = RecordingTrainer(config, options, DirectorySession(tmp_path))
+    trainer.run()
+    assert trainer.progress.nonfinite_steps == 0
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in trainer.history)
