@@ -38,11 +38,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class WganGpModel(_Strict):
+class _FixedResolutionModel(_Strict):
+    """A family whose nets are built for one resolution: 32, 64 or 128 (the papers' range)."""
+
+    resolution: Resolution = 64  # the papers' main results are at 64²
+
+    @field_validator("resolution")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value not in (32, 64, 128):
+            raise ValueError(f"must be 32, 64 or 128 for the {cls.__name__} nets, got {value}")
+        return value
+
+
+class WganGpModel(_FixedResolutionModel):
     """Gulrajani et al. 2017, DCGAN-style G and critic (the paper's official defaults)."""
 
     family: Literal["wgan_gp"] = "wgan_gp"
-    resolution: Resolution = 64  # the paper's 64² DCGAN setting; 32–128 supported
     latent_dim: int = Field(default=128, ge=1)  # official code's noise size
     base_channels: int = Field(default=64, ge=1)  # DIM in the official DCGAN nets
     n_critic: int = Field(default=5, ge=1)  # critic steps per generator step
@@ -50,19 +62,11 @@ class WganGpModel(_Strict):
     lr: float = Field(default=1e-4, gt=0)  # Adam α of the paper
     betas: Betas = (0.0, 0.9)  # the paper's Adam β1, β2
 
-    @field_validator("resolution")
-    @classmethod
-    def _supported(cls, value: int) -> int:
-        if value not in (32, 64, 128):
-            raise ValueError(f"must be 32, 64 or 128 for the DCGAN nets, got {value}")
-        return value
 
-
-class BeganModel(_Strict):
+class BeganModel(_FixedResolutionModel):
     """Berthelot et al. 2017: autoencoder discriminator with k_t equilibrium control."""
 
     family: Literal["began"] = "began"
-    resolution: Resolution = 64  # the paper's main 64² results; 32–128 supported
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
     channels: int = Field(default=64, ge=1)  # n = 64 filters in the paper's nets
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
@@ -72,13 +76,6 @@ class BeganModel(_Strict):
     betas: Betas = (0.5, 0.999)  # official Adam β1, β2
     lr_halve_every_kimg: float = Field(default=1600.0, gt=0)  # official: every 100k steps of 16
     lr_floor: float = Field(default=2e-5, gt=0)  # the official code stops decaying here
-
-    @field_validator("resolution")
-    @classmethod
-    def _supported(cls, value: int) -> int:
-        if value not in (32, 64, 128):
-            raise ValueError(f"must be 32, 64 or 128 for the BEGAN nets, got {value}")
-        return value
 
 
 class ProganModel(_Strict):
