@@ -1,4 +1,5 @@
-"""`make bench`: dataset build, shard reader and synthetic render throughput.
+"""`make bench`: dataset build, shard reader, synthetic render and training throughput, and the
+launch overhead of `ganforge train`.
 
 Writes one JSON file per benchmark under benchmarks/results/ and prints a table. Every build and
 reader figure is a ratio against a baseline measured in the same run (shared, noisy machines);
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCHMARKS = ("synthetic", "build", "reader")
+BENCHMARKS = ("synthetic", "build", "reader", "training")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_ENV = "GANFORGE_BENCH_QUICK"
 
@@ -28,6 +29,9 @@ FULL = {
     "reader_batches_256": 120,
     "render_indices": 200,
     "render_repeats": 3,
+    "train_window_kimg": 8,
+    "train_repeats": 2,
+    "launch_repeats": 3,
 }
 QUICK = {
     "synthetic_images": 64,
@@ -37,6 +41,9 @@ QUICK = {
     "reader_batches_256": 10,
     "render_indices": 30,
     "render_repeats": 1,
+    "train_window_kimg": 2,
+    "train_repeats": 1,
+    "launch_repeats": 1,
 }
 
 
@@ -61,13 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Throughput benchmarks for ganforge: (1) dataset build, synthetic -> 256² pyramid "
             "and 1024² JPEG folder -> 256² pyramid, with 1 and 2 workers, vs a plain PIL loop; "
             "(2) ShardReader at 64² and 256² vs a raw PIL decode loop and vs a folder of PNGs "
-            "through a torch DataLoader; (3) synthetic face rendering at 256² on one core. "
+            "through a torch DataLoader; (3) synthetic face rendering at 256² on one core; "
+            "(4) `ganforge train` on data/quickstart (built by `make run`): throughput with 1 "
+            "worker vs a bare PyTorch loop on the same networks, and seconds from process start "
+            "to the first training step vs a stock 2-worker TorchTrainer fit that does nothing. "
             "Writes BENCH.json files under the results folder and prints a table. Targets are "
             "recorded (meets_target), never enforced: the exit status is 0 unless it crashes."
         ),
         epilog=(
             f"Full defaults: {FULL}. --quick (or {QUICK_ENV}=1) uses {QUICK}. Explicit size "
-            "options override either. A full run takes about 4-5 minutes on 2 cores."
+            "options override either. A full run takes about 15 minutes on 2 cores, 10 of them "
+            "training (each Ray launch costs 30 s or more here)."
         ),
     )
     parser.add_argument(
@@ -103,6 +114,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--render-indices", type=int, metavar="N", help="faces per render round")
     parser.add_argument("--render-repeats", type=int, metavar="N", help="render rounds (median)")
+    parser.add_argument(
+        "--train-window-kimg",
+        type=float,
+        metavar="K",
+        help="kimg timed per training run, after the warm-up",
+    )
+    parser.add_argument(
+        "--train-repeats", type=int, metavar="N", help="training runs and bare loops (median)"
+    )
+    parser.add_argument(
+        "--launch-repeats", type=int, metavar="N", help="launches of each kind (median)"
+    )
     parser.add_argument(
         "--results-dir",
         type=Path,
@@ -154,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.build import set_prefect_env
 
     set_prefect_env()
-    from benchmarks import build, reader, synthetic
+    from benchmarks import build, reader, synthetic, training
     from benchmarks.common import format_table, write_result
 
     run_started = time.perf_counter()
@@ -214,6 +237,24 @@ def main(argv: list[str] | None = None) -> int:
             # flow exit with status 1 (Prefect's at-exit drain hook fails in the fork).
             payload, new_rows = in_fresh_process(reader.run, dataset, work, batches)
             written.append(write_result(args.results_dir, "reader", common | payload))
+            rows += new_rows
+
+        if "training" in args.only and not (training.DATASET / "manifest.json").exists():
+            print(f"training: skipped, {training.DATASET} is missing (build it with `make run`)")
+        elif "training" in args.only:
+            print(
+                f"training: {args.train_repeats} x ({args.train_window_kimg:g} kimg on 1 worker "
+                f"+ bare loop), {args.launch_repeats} x (launch + stock fit) ..."
+            )
+            # A fresh interpreter, as for the reader: the bare loop runs in it.
+            payload, new_rows = in_fresh_process(
+                training.run,
+                work / "training",
+                args.train_window_kimg,
+                args.train_repeats,
+                args.launch_repeats,
+            )
+            written.append(write_result(args.results_dir, "training", common | payload))
             rows += new_rows
 
     print()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,33 @@ from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manif
 log = logging.getLogger(__name__)
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Ray environment variables the launcher sets where the user has not. They are read at
+# `import ray` (the driver's log filter), at `ray.init` (the cluster's processes) and at `fit`
+# (Ray Train's controller), so they go into os.environ before any of these.
+RAY_CONSOLE_ENVIRONMENT = {
+    # Worker lines the driver does not print: (1) Ray Train's PlacementGroupCleaner asks the
+    # State API every second whether the controller is alive; a cluster without the dashboard
+    # (ours, and any ray[train] without ray[default]) does not serve it, so each second brings
+    # a warning (the cleaner only matters if the controller dies and leaves its placement group
+    # behind); (2) every rank's INFO line for every checkpoint, logged outside the `ray.train`
+    # logger that RunConfig's logging level governs.
+    "RAY_DEDUP_LOGS_SKIP_REGEX": (
+        "Failed to query Ray Train Controller actor state|Reporting training result"
+    ),
+}
+LOCAL_RAY_ENVIRONMENT = {
+    # Token authentication stays on (Ray's default for a new local cluster); naming the mode
+    # only stops ray.init's warning that it chose it.
+    "RAY_AUTH_MODE": "token",
+    # Ray starts one idle worker process per CPU when the driver connects; Ray Train's actors
+    # all run with the controller's runtime env, so none of them can use those processes, which
+    # cost about 2 s of CPU each while the cluster and the controller start.
+    "RAY_prestart_worker_first_driver": "0",
+    # The preemption watcher is one more actor process (about 4 s of CPU while the workers
+    # start) that watches for nodes being drained, which a single local machine never is.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 
 class LaunchError(ValueError):
@@ -172,16 +200,22 @@ def launch(request: LaunchRequest) -> LaunchResult:
             raise LaunchError(str(error)) from None
     storage = request.storage.resolve()
     run_name = resolve_run_name(request)
-    if request.use_gpu and not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if request.use_gpu and not torch.cuda.is_available() and not address:
         raise LaunchError("--gpu: no CUDA device here; drop --gpu to train on CPU")
 
+    if "ray" not in sys.modules:  # a process that imported Ray before keeps its settings
+        # a cluster in RAY_ADDRESS is configured by whoever started it
+        settings = RAY_CONSOLE_ENVIRONMENT | ({} if address else LOCAL_RAY_ENVIRONMENT)
+        for name, value in settings.items():
+            os.environ.setdefault(name, value)
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
         ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
+            address=address,
             include_dashboard=False,
             logging_level=logging.WARNING,
             configure_logging=True,
@@ -210,6 +244,11 @@ def launch(request: LaunchRequest) -> LaunchResult:
             name=run_name,
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+            # Ray Train's own lines stay in its log files (<Ray session dir>/logs/train/), off
+            # the console: INFO for every resource request, worker group start and checkpoint;
+            # WARNING with a traceback each time a slow-starting actor misses a 5 s deadline.
+            # A failure still reaches the user as fit()'s exception (TrainingFailed below).
+            logging_config=ray.train.LoggingConfig(log_level="ERROR"),
         ),
     )
     try:

@@ -331,6 +331,7 @@ class Trainer:
         self._interval = _Interval(progress.kimg)
         consecutive_nonfinite = 0
         resolution, batches = progress.resolution or None, None
+        first_step = progress.step
         while progress.kimg < stop_kimg - 1e-9:
             self.stage = self.schedule.at(progress.kimg)
             if self.stage.resolution != resolution:
@@ -341,6 +342,8 @@ class Trainer:
                 batches = self._batches(resolution)
             real = next(batches)
             metrics, finite = self.step(real, self.stage)
+            if progress.step == first_step and self.rank == 0:  # launch overhead ends here
+                log.info("first step done at %.3f (unix time)", time.time())
             before = progress.kimg
             progress.images += real.shape[0] * self.world_size
             progress.step += 1
