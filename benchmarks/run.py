@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         epilog=(
             f"Full defaults: {FULL}. --quick (or {QUICK_ENV}=1) uses {QUICK}. Explicit size "
-            "options override either. A full run takes about 15 minutes on 2 cores, 10 of them "
-            "training (each Ray launch costs 30 s or more here)."
+            "options override either. A full run takes about 16 minutes on 2 cores, 11 of them "
+            "in the training benchmark (every Ray launch costs 30 to 60 s there)."
         ),
     )
     parser.add_argument(

@@ -1,8 +1,9 @@
 """Run a training config on Ray Train: one TorchTrainer worker per GPU (or CPU slot).
 
-Local Ray by default, the cluster named by RAY_ADDRESS otherwise. Every worker runs
-`trainers.loop.Trainer`; rank 0 logs to MLflow. A run lives in `<storage>/<run name>/`
-(Ray's checkpoints, sample grids); `resume` continues the latest checkpoint there.
+Local Ray by default (started with the settings in LOCAL_RAY_ENVIRONMENT), the cluster named
+by RAY_ADDRESS otherwise. Every worker runs `trainers.loop.Trainer`; rank 0 logs to MLflow. A
+run lives in `<storage>/<run name>/` (Ray's checkpoints, sample grids); `resume` continues the
+latest checkpoint there.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ LOCAL_RAY_ENVIRONMENT = {
     "RAY_AUTH_MODE": "token",
     # Ray starts one idle worker process per CPU when the driver connects; Ray Train's actors
     # all run with the controller's runtime env, so none of them can use those processes, which
-    # cost about 2 s of CPU each while the cluster and the controller start.
+    # cost 1 to 3 s of CPU each while the cluster and the controller start.
     "RAY_prestart_worker_first_driver": "0",
-    # The preemption watcher is one more actor process (about 4 s of CPU while the workers
-    # start) that watches for nodes being drained, which a single local machine never is.
+    # The preemption watcher is one more actor process (3 to 5 s of CPU as training starts)
+    # that watches for nodes being drained, which a single local machine never is.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
