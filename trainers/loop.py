@@ -11,6 +11,7 @@ import copy
 import hashlib
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -312,9 +313,8 @@ class Trainer:
     def _progress_bar(self, stop_kimg: float):
         if self.rank != 0 or not self.options.progress_bar:
             return None
-        import ray
-
-        if ray.is_initialized():  # rendered by the driver, not interleaved worker stderr
+        ray = sys.modules.get("ray")  # imported by Ray's workers; importing it here costs seconds
+        if ray is not None and ray.is_initialized():  # the driver renders it, not worker stderr
             from ray.experimental.tqdm_ray import tqdm
         else:
             from tqdm import tqdm
