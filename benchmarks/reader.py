@@ -3,7 +3,6 @@ and against a plain folder of PNGs read through a map-style torch DataLoader."""
 
 from __future__ import annotations
 
-import io
 import tarfile
 import time
 from pathlib import Path
@@ -30,22 +29,6 @@ def shard_pngs(root: Path, resolution: int) -> list[bytes]:
     return pngs
 
 
-def _png_to_uint8_chw(png: bytes):
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        pixels = np.array(image.convert("RGB"))
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
-def _to_float(batch):
-    import torch
-
-    return batch.to(torch.float32).div_(127.5).sub_(1.0)
-
-
 class PngFolder:
     """Map-style dataset over a folder of PNG files (module level so workers can unpickle it)."""
 
@@ -56,13 +39,9 @@ class PngFolder:
         return len(self.files)
 
     def __getitem__(self, index: int):
-        import numpy as np
-        import torch
-        from PIL import Image
+        from trainers.data.reader import decode_image
 
-        with Image.open(self.files[index]) as image:
-            pixels = np.array(image.convert("RGB"))
-        return torch.from_numpy(pixels).permute(2, 0, 1)
+        return decode_image(self.files[index].read_bytes())
 
 
 def time_shard_reader(root: Path, resolution: int, batches: int) -> dict:
@@ -98,14 +77,16 @@ def time_raw_loop(pngs: list[bytes], resolution: int, batches: int) -> dict:
     """One process: PIL decode of in-memory PNG bytes -> uint8 tensor -> stacked float batch."""
     import torch
 
+    from trainers.data.reader import decode_image, to_model_range
+
     started = time.perf_counter()
     k = 0
     for _ in range(batches):
         images = []
         for _ in range(BATCH_SIZE):
-            images.append(_png_to_uint8_chw(pngs[k % len(pngs)]))
+            images.append(decode_image(pngs[k % len(pngs)]))
             k += 1
-        batch = _to_float(torch.stack(images))
+        batch = to_model_range(torch.stack(images))
     seconds = time.perf_counter() - started
     assert batch.shape[1:] == (3, resolution, resolution), batch.shape
     return {"images": k, "seconds": seconds, "images_per_s": k / seconds}
@@ -114,6 +95,8 @@ def time_raw_loop(pngs: list[bytes], resolution: int, batches: int) -> dict:
 def time_folder_loader(files: list[Path], resolution: int, batches: int) -> dict:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
+
+    from trainers.data.reader import to_model_range
 
     dataset = PngFolder(files)
     # Sampling with replacement, like the shard reader's resampled stream: one epoch of
@@ -127,7 +110,7 @@ def time_folder_loader(files: list[Path], resolution: int, batches: int) -> dict
     loader = DataLoader(
         dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=NUM_WORKERS, drop_last=True
     )
-    return _time_batches(loader, resolution, convert=_to_float)
+    return _time_batches(loader, resolution, convert=to_model_range)
 
 
 def run(root: Path, work_root: Path, batches_by_resolution: dict[int, int]) -> tuple[dict, list]:
@@ -185,10 +168,11 @@ def run(root: Path, work_root: Path, batches_by_resolution: dict[int, int]) -> t
             "num_workers": NUM_WORKERS,
             "batches": {str(r): b for r, b in batches_by_resolution.items()},
             "shard_reader": "ShardReader(root, res, batch_size, num_workers, "
-            "batches_per_epoch=batches); timed from iter() to the last batch, worker start "
-            "included",
+            "batches_per_epoch=batches), CPU device; "
+            "timed from iter() to the last batch, worker start included",
             "raw_loop": "one process; shard PNG bytes read into memory first (untimed); "
-            "PIL decode -> uint8 tensor -> stack -> float in [-1, 1]",
+            "the reader's decode_image (PIL) -> stack -> float in [-1, 1], so the ratio is the "
+            "pipeline's own cost",
             "folder_dataloader": "the same PNGs as files; map-style Dataset opening each with "
             "PIL; DataLoader(batch_size, num_workers, RandomSampler with replacement); "
             "float conversion in the main process; worker start included",

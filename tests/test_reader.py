@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainers.data.format import DatasetNotFoundError, load_manifest
-from trainers.data.reader import ShardReader, assign_shards
+from trainers.data.reader import ShardReader, assign_shards, to_model_range, ustar_members
 
 
 def fingerprints(reader: ShardReader) -> tuple[int, set[str]]:
@@ -92,6 +92,49 @@ def test_corrupt_samples_are_skipped_and_counted_never_a_hang(small_dataset, tmp
     reader = ShardReader(copy, 8, batch_size=4, num_workers=0, batches_per_epoch=12)
     assert sum(1 for _ in reader) == 12
     assert reader.skipped >= 4
+
+
+def test_ustar_members_read_what_tarfile_reads(small_dataset):
+    shard = small_dataset / load_manifest(small_dataset).shards_at(16)[0].path
+    with tarfile.open(shard) as archive:
+        expected = [(m.name, archive.extractfile(m).read()) for m in archive if m.isfile()]
+    with open(shard, "rb") as stream:
+        assert list(ustar_members(stream)) == expected
+    assert len(expected) == 32  # 16 samples: .png + .json each
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header_checksum"])
+def test_damaged_shard_is_skipped_and_counted_never_a_hang(small_dataset, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    shard = copy / load_manifest(copy).shards_at(8)[0].path
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        del data[512 + 20 :]  # inside the first member's data
+    else:
+        data[10] ^= 0xFF  # a byte of the first member's name: its checksum no longer holds
+    shard.write_bytes(bytes(data))
+    with open(shard, "rb") as stream, pytest.raises(ValueError, match="truncated|checksum"):
+        list(ustar_members(stream))
+    reader = ShardReader(copy, 8, batch_size=4, num_workers=0, batches_per_epoch=12)
+    assert sum(1 for _ in reader) == 12  # the other two shards keep the stream going
+    assert reader.skipped >= 1
+
+
+def test_cpu_conversion_matches_the_device_formula():
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    expected = pixels.to(torch.float32).div_(127.5).sub_(1.0)
+    assert torch.equal(to_model_range(pixels), expected)
+    assert to_model_range(pixels).min() == -1.0 and to_model_range(pixels).max() == 1.0
+
+
+def test_accelerator_device_gets_uint8_and_converts_there(small_dataset):
+    """The GPU path on CPU: the `meta` device stands in for cuda (no data, real dispatch)."""
+    reader = ShardReader(small_dataset, 16, batch_size=8, num_workers=0, device="meta")
+    assert next(iter(reader._pipeline())).dtype == torch.uint8  # loaders ship 4x fewer bytes
+    batch = next(iter(reader))
+    assert batch.device.type == "meta" and batch.dtype == torch.float32
+    assert batch.shape == (8, 3, 16, 16)
 
 
 def test_missing_resolution_names_the_build_command(small_dataset):

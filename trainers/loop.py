@@ -255,9 +255,9 @@ class Trainer:
             shuffle_buffer=self.config.shuffle_buffer,
             seed=_stream_seed(self.config.seed, self.progress.loader_epoch),
             batches_per_epoch=2**62,  # one endless epoch: a restart is a new loader_epoch
+            device=self.device,
         )
-        for real in reader:
-            yield real.to(self.device, non_blocking=True)
+        yield from reader
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -8,12 +8,14 @@ and no rank waits at an epoch end for another (the hang of uneven DDP epochs).
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import multiprocessing
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -36,10 +38,68 @@ def assign_shards(urls: list[str], rank: int, world_size: int, worker: int, work
     return by_rank[worker::workers] if len(by_rank) >= workers else by_rank
 
 
+_BLOCK = 512
+_END_BLOCK = bytes(_BLOCK)
+_REGULAR_FILE = (b"0", b"\0")
+
+
+def ustar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each file of a plain ustar stream, as wds.TarWriter writes our shards.
+
+    Own code because tarfile parses and checks every header field: 39 µs a sample at 64², a
+    third of the PNG decode; this reads name, size and checksum only (2 µs). Raises ValueError
+    on a bad checksum, a truncated member or an extended (pax/GNU) header."""
+    while True:
+        header = stream.read(_BLOCK)
+        if header == _END_BLOCK or not header:
+            return
+        if len(header) < _BLOCK:
+            raise ValueError("truncated tar header")
+        stored = int(header[148:156].strip(b"\0 ") or b"0", 8)
+        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+            raise ValueError("tar header checksum mismatch")
+        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        data = stream.read(size)
+        if len(data) < size:
+            raise ValueError(f"truncated tar member ({len(data)} of {size} bytes)")
+        stream.read(-size % _BLOCK)  # padding to the next block
+        kind = header[156:157]
+        if kind not in _REGULAR_FILE:
+            if kind in (b"x", b"g", b"L", b"K"):
+                raise ValueError(f"tar member with an extended header ({kind!r}): not a shard")
+            continue  # directories, links: no sample data
+        name = header[:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        yield (f"{prefix}/{name}" if prefix else name), data
+
+
+def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """webdataset's tarfile_to_samples with ustar_members as the tar parser: shard URLs ->
+    opened streams -> file dicts (an empty dict ends each shard) -> samples grouped by key."""
+
+    def files() -> Iterator[dict]:
+        for source in wds.tariterators.url_opener(urls, handler=handler):
+            stream = source["stream"]
+            try:
+                for name, data in ustar_members(stream):
+                    yield {"fname": name, "data": data, "__url__": source["url"]}
+            except Exception as error:  # noqa: BLE001  (the handler decides: skip or raise)
+                error.args = (f"{source['url']}: {error}",)
+                if not handler(error):
+                    raise
+            finally:
+                stream.close()
+            yield {}  # end of shard: no sample spans two shards
+
+    return wds.tariterators.group_by_keys(files(), handler=handler)
+
+
 def decode_image(png: bytes) -> torch.Tensor:
     """PNG bytes -> uint8 [3, H, W]."""
-    with Image.open(io.BytesIO(png)) as image:
-        pixels = np.array(image.convert("RGB"))  # a writable copy torch may own
+    with Image.open(io.BytesIO(png), formats=(IMAGE_EXTENSION.upper(),)) as image:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels = np.array(image)  # a writable copy torch may own
     return torch.from_numpy(pixels).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
 
@@ -48,12 +108,20 @@ def _is_decoded(image: torch.Tensor | None) -> bool:
 
 
 def to_model_range(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> float32 in [-1, 1]."""
-    return batch.to(torch.float32).div_(127.5).sub_(1.0)
+    """uint8 [N, 3, H, W] -> float32 in [-1, 1]. On CPU through numpy, which is single-threaded:
+    a torch op this size wakes the OpenMP pool, whose spinning threads take the cores the loader
+    workers decode on (measured: 0.55x the reader's rate on 2 cores)."""
+    if batch.device.type != "cpu":
+        return batch.to(torch.float32).div_(127.5).sub_(1.0)
+    pixels = batch.numpy().astype(np.float32)
+    np.divide(pixels, 127.5, out=pixels)
+    np.subtract(pixels, 1.0, out=pixels)
+    return torch.from_numpy(pixels)
 
 
 class ShardReader:
-    """Iterable of float batches [batch_size, 3, R, R] for one rank; len() batches per epoch."""
+    """Iterable of float batches [batch_size, 3, R, R] on `device` for one rank; len() batches
+    per epoch."""
 
     def __init__(
         self,
@@ -67,6 +135,7 @@ class ShardReader:
         shuffle_buffer: int = 1000,
         seed: int = 0,
         batches_per_epoch: int | None = None,
+        device: torch.device | str | None = None,
     ):
         manifest = load_manifest(Path(root))
         shards = manifest.shards_at(resolution)
@@ -87,6 +156,9 @@ class ShardReader:
         # Default: one pass over the data in expectation, the same count on every rank.
         self.batches_per_epoch = batches_per_epoch or max(1, samples // (batch_size * world_size))
         self.epoch = 0
+        # Loader workers ship uint8 (4x fewer bytes through shared memory, and to the device);
+        # the float conversion happens where the batch is used.
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._skipped = multiprocessing.get_context().Value("q", 0)
 
     def __len__(self) -> int:
@@ -136,7 +208,7 @@ class ShardReader:
     def _pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(
             self._shard_urls,
-            wds.tarfile_to_samples(handler=self._skip),
+            functools.partial(tar_samples, handler=self._skip),
             self._shuffle,
             wds.map(self._decode),
             wds.select(_is_decoded),
@@ -149,7 +221,8 @@ class ShardReader:
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
         ).with_epoch(self.batches_per_epoch)
         self.epoch += 1  # next epoch resamples differently
         for batch in loader:
-            yield to_model_range(batch)
+            yield to_model_range(batch.to(self.device, non_blocking=True))
