@@ -113,11 +113,12 @@ def orchestrator(warmup_root: Path) -> Iterator[dict]:
 
 
 def run_build(config, workers: int) -> dict:
-    from pipelines.dataset.flow import build_dataset
+    from pipelines.dataset.flow import build_dataset, local_run_settings
 
     before = CpuSnapshot.take()
     started = time.perf_counter()
-    result = build_dataset(config, workers=workers)
+    with local_run_settings():  # as `ganforge data build` runs it
+        result = build_dataset(config, workers=workers)
     wall = time.perf_counter() - started
     cpu = CpuSnapshot.take().since(before)
     accepted = result.report["accepted"]

@@ -148,11 +148,12 @@ def data_build(
         raise _fail(str(error), USAGE_ERROR) from None
 
     _prefect_defaults()
-    from pipelines.dataset.flow import BuildFailed, build_dataset
+    from pipelines.dataset.flow import BuildFailed, build_dataset, local_run_settings
     from pipelines.dataset.sources import SourceError
 
     try:
-        result = build_dataset(config, workers=workers)
+        with local_run_settings():
+            result = build_dataset(config, workers=workers)
     except SourceError as error:
         raise _fail(str(error), USAGE_ERROR) from None
     except BuildFailed as error:

@@ -210,3 +210,17 @@ def test_rebuild_with_other_params_leaves_no_stale_shards(prefect_api, tmp_path)
     ]
     assert verify_dataset(out).ok
     assert load_manifest(out).counts.accepted == 10
+
+
+def test_local_runs_skip_flow_heartbeats_unless_the_user_sets_them(monkeypatch):
+    from prefect.settings import get_current_settings
+
+    from pipelines.dataset.flow import local_run_settings
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
+    with local_run_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with local_run_settings():
+        assert get_current_settings().flows.heartbeat_frequency is not None

@@ -1,8 +1,9 @@
-"""Pool-worker side of a build: inputs → validated RGB → pyramid PNGs in a chunk spool.
+"""Pool-worker side of a build: inputs → validated RGB → pyramid PNGs in a chunk spool, and
+spools → shards.
 
-Runs in plain worker processes (no Prefect import): each chunk's encoded pyramids go to one
-spool file plus a JSON list of per-input records, both written atomically, so a killed build
-resumes from the chunks already on disk. Shards are assembled from spools afterwards, once
+Runs in plain worker processes (no Prefect, no torch import): each chunk's encoded pyramids go
+to one spool file plus a JSON list of per-input records, both written atomically, so a killed
+build resumes from the chunks already on disk. Shards are assembled from spools afterwards, once
 duplicates are known and the seeded order is fixed.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +22,7 @@ from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
 from pipelines.dataset.sources import InputRef, read_input
 from pipelines.dataset.validate import Reason, Rejected, decode, pixel_digest
-from trainers.data.format import write_atomic
+from trainers.data.format import ShardEntry, canonical_json, sample_key, shard_name, write_atomic
 
 
 @dataclass
@@ -122,3 +125,83 @@ class SpoolReader:
     def __exit__(self, *exc) -> None:
         for spool in self._files.values():
             spool.close()
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    out: Path
+    work_dir: Path
+    resolutions: list[int]
+    shard_index: int
+    samples: list[InputRecord]  # in shard order
+
+
+def warm_up() -> None:
+    """Submitted once per pool worker at the start of a build: imports what processing needs
+    while the flow lists the inputs."""
+    import pipelines.dataset.synthetic  # noqa: F401
+
+
+class _HashingWriter:
+    """File wrapper that hashes and counts the bytes tarfile streams through it."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.sha256, self.bytes = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.file.write(data)
+
+
+def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+    """Fixed owner, mode and mtime: the tar bytes are a function of the samples alone."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "", ""
+    return info
+
+
+def _write_shard(
+    out: Path, spools: SpoolReader, resolution: int, shard_index: int, samples: list[InputRecord]
+) -> ShardEntry:
+    # stdlib tarfile, not wds.TarWriter: importing webdataset imports torch (1.7 s a worker);
+    # members as TarWriter writes them (sorted extensions, <key>.<ext>), read by webdataset.
+    path = out / shard_name(resolution, shard_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        hashing = _HashingWriter(f)
+        with tarfile.open(fileobj=hashing, mode="w|") as tar:
+            for record in samples:
+                members = {
+                    "json": canonical_json(
+                        {
+                            "source_id": record.index,
+                            "source_path": record.path,
+                            "original_size": record.original_size,
+                            "conversions": record.conversions,
+                        }
+                    ),
+                    "png": spools.read(record, resolution),
+                }
+                for extension, data in members.items():
+                    name = f"{sample_key(record.index)}.{extension}"
+                    tar.addfile(_tar_member(name, len(data)), io.BytesIO(data))
+        f.flush()
+    tmp.replace(path)
+    return ShardEntry(
+        path=shard_name(resolution, shard_index),
+        resolution=resolution,
+        count=len(samples),
+        bytes=hashing.bytes,
+        sha256=hashing.sha256.hexdigest(),
+    )
+
+
+def write_shard_group(spec: ShardSpec) -> list[ShardEntry]:
+    """One shard index at every resolution: the same samples, in the same order."""
+    with SpoolReader(spec.work_dir) as spools:
+        return [
+            _write_shard(spec.out, spools, r, spec.shard_index, spec.samples)
+            for r in spec.resolutions
+        ]
