@@ -20,8 +20,10 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	# uv resolves in seconds where pip's resolver backtracks for >10 minutes on this set.
-	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet $(UV_FIND_LINKS) \
-		-r requirements.lock -e '.[dev]'
+	# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as here) nothing caches .pyc, and
+	# every Ray worker and CLI process would recompile torch, ray and mlflow on import.
+	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --compile-bytecode \
+		$(UV_FIND_LINKS) -r requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 # The venv's bin goes first on PATH so dvc's stage commands find `ganforge`.
