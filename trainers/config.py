@@ -19,16 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION
-
-
-def _check_resolution(value: int) -> int:
-    if value < MIN_RESOLUTION or value > MAX_RESOLUTION or value & (value - 1):
-        raise ValueError(
-            f"must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {value}"
-        )
-    return value
-
+from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
 
 Resolution = Annotated[int, Field(ge=MIN_RESOLUTION, le=MAX_RESOLUTION)]
 Betas = tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
@@ -102,7 +93,7 @@ class ProganModel(_Strict):
     @field_validator("resolution", "start_resolution")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
-        return _check_resolution(value)
+        return check_resolution(value)
 
     @model_validator(mode="after")
     def _start_below_end(self) -> ProganModel:

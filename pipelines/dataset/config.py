@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION
+from trainers.data.format import check_resolution
 
 
 class SourceKind(StrEnum):
@@ -34,11 +34,7 @@ class BuildDatasetConfig(BaseModel):
     @field_validator("max_resolution")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
-        if value < MIN_RESOLUTION or value > MAX_RESOLUTION or value & (value - 1):
-            raise ValueError(
-                f"must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {value}"
-            )
-        return value
+        return check_resolution(value)
 
     @model_validator(mode="after")
     def _source_needs_input(self) -> BuildDatasetConfig:

@@ -29,6 +29,15 @@ MIN_RESOLUTION = 4
 MAX_RESOLUTION = 1024
 
 
+def check_resolution(value: int) -> int:
+    """A pydantic validator body: value must be a power of two the pyramid can hold."""
+    if value < MIN_RESOLUTION or value > MAX_RESOLUTION or value & (value - 1):
+        raise ValueError(
+            f"must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {value}"
+        )
+    return value
+
+
 def resolutions_up_to(max_resolution: int) -> list[int]:
     """Every power of two from 4 to max_resolution, ascending (the ProGAN pyramid)."""
     return [2**p for p in range(2, max_resolution.bit_length()) if 2**p <= max_resolution]
