@@ -208,21 +208,24 @@ def test_minibatch_stddev_appends_each_groups_mean_stddev():
     output = MinibatchStddev(group_size=4)(x)
     assert output.shape == (8, 4, 4, 4)
     assert torch.allclose(output[:, :3], x, atol=1e-6)
-    for group in range(2):  # 8 samples in groups of 4: sample i is in group i % 2
-        members = x[group::2]
+    for group in range(2):  # 8 samples in groups of 4 consecutive ones
+        members = x[4 * group : 4 * group + 4]
         expected = members.std(dim=0, unbiased=False).mean()
-        feature = output[group::2, 3]
+        feature = output[4 * group : 4 * group + 4, 3]
         assert torch.allclose(feature, expected.expand_as(feature), atol=1e-6)
+    # split at a multiple of the group size (over workers), each part gets the same feature
+    halves = torch.cat([MinibatchStddev(group_size=4)(part) for part in x.split(4)])
+    assert torch.equal(halves, output)
 
 
 def test_minibatch_stddev_groups_are_independent():
     layer = MinibatchStddev(group_size=2)
     x = torch.randn(4, 2, 4, 4, generator=seeded())
     changed = x.clone()
-    changed[0] *= 5  # sample 0 is in group 0 with sample 2
+    changed[0] *= 5  # sample 0 is in group 0 with sample 1
     before, after = layer(x)[:, 2], layer(changed)[:, 2]
-    assert torch.allclose(after[[1, 3]], before[[1, 3]], atol=1e-6)
-    assert not torch.allclose(after[[0, 2]], before[[0, 2]])
+    assert torch.allclose(after[[2, 3]], before[[2, 3]], atol=1e-6)
+    assert not torch.allclose(after[[0, 1]], before[[0, 1]])
 
 
 def test_minibatch_stddev_batch_must_split_into_groups():

@@ -54,3 +54,51 @@ def average_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     dist.all_reduce(stacked)
     stacked /= world_size()
     return dict(zip(names, stacked.unbind(), strict=True))
+
+
+class CrossRankBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the global batch of all ranks, so a split
+    batch normalizes as one worker's full batch would (nn.SyncBatchNorm does this on GPUs
+    only; this is the gloo/CPU equivalent). One differentiable all-reduce per call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        channels, dims = x.shape[1], (0, 2, 3)
+        count = torch.full((1,), x.numel() // channels, dtype=x.dtype, device=x.device)
+        total = all_reduce(torch.cat([x.sum(dims), x.square().sum(dims), count]))
+        n = total[-1]
+        mean = total[:channels] / n
+        var = (total[channels : 2 * channels] / n - mean.square()).clamp_min(0.0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            # momentum None: a cumulative average, as nn.BatchNorm2d
+            momentum = self.momentum
+            if momentum is None:
+                momentum = 1.0 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
+        shape = (1, channels, 1, 1)
+        normalized = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return normalized * self.weight.view(shape) + self.bias.view(shape)
+
+
+def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm layers of `module` normalize over the global batch when several ranks train:
+    nn.SyncBatchNorm on GPU, CrossRankBatchNorm2d otherwise. One rank: unchanged."""
+    if world_size() == 1:
+        return module
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = CrossRankBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine
+            )
+            replacement.load_state_dict(child.state_dict())
+            setattr(module, name, replacement)
+        else:
+            sync_batch_norm(child, device)
+    return module

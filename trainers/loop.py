@@ -56,8 +56,8 @@ class Session(Protocol):
 
 
 class DirectorySession:
-    """A `Session` without Ray, for one process: checkpoints are copied to
-    root/checkpoint-<images shown>/ and a new session resumes from the newest."""
+    """A `Session` without Ray: checkpoints are copied to root/checkpoint-<images shown>/ and a
+    new session resumes from the newest."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -72,8 +72,11 @@ class DirectorySession:
         yield found[-1] if found else None
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        images = read_progress(checkpoint_dir).images
-        shutil.copytree(checkpoint_dir, self.root / f"checkpoint-{images:012d}")
+        # Every rank's files (state from rank 0, RNG from each) merge into one folder, as Ray
+        # merges a checkpoint's ranks, so several processes may share a root.
+        images = round(metrics["kimg"] * 1000)
+        destination = self.root / f"checkpoint-{images:012d}"
+        shutil.copytree(checkpoint_dir, destination, dirs_exist_ok=True)
 
 
 @dataclass
@@ -139,7 +142,8 @@ class Trainer:
             self.config = config = config.model_copy(update={"batch_per_resolution": table})
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.family: Family = build_family(config)
-        self.G = self.family.generator.to(self.device)
+        # DCGAN's G has BatchNorm: its statistics must span the global batch, not each rank's.
+        self.G = distributed.sync_batch_norm(self.family.generator, self.device).to(self.device)
         self.D = self.family.discriminator.to(self.device)
         self.G_ema = None
         if self.family.ema_beta is not None:
@@ -150,9 +154,8 @@ class Trainer:
             getattr(config.model, "stable_kimg", 1.0),
         )
         self.progress = Progress()
-        self.latent_generator = torch.Generator(self.device).manual_seed(
-            config.seed * 7919 + self.rank
-        )
+        # alike on every rank: each takes its rows of the global draw (StepState.rows)
+        self.latent_generator = torch.Generator(self.device).manual_seed(config.seed * 7919)
         # fixed latents for sample grids: the same in every run of this config and seed
         self.sample_latents = self.G.sample_latents(
             config.sample_grid**2,
@@ -265,7 +268,12 @@ class Trainer:
         """One step: every phase due at this step, in order. Returns rank-averaged metrics and
         whether every phase's gradients were finite (a non-finite phase is not applied)."""
         state = StepState(
-            stage.resolution, stage.fade_alpha, self.latent_generator, self.options.autocast_dtype
+            stage.resolution,
+            stage.fade_alpha,
+            self.latent_generator,
+            self.options.autocast_dtype,
+            rank=self.rank,
+            world_size=self.world_size,
         )
         real = fade_real(real, stage.fade_alpha)
         lr = self.family.learning_rate(self.progress.kimg, stage.resolution)

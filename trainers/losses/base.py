@@ -9,6 +9,7 @@ family-specific (regularizers, running state such as BEGAN's k_t) lives in the l
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,8 +30,15 @@ class StepState:
 
     resolution: int  # pixels per side of this step's real and fake images
     fade_alpha: float  # ProGAN fade-in weight of the newest block; 1.0 outside a fade-in
-    generator: torch.Generator  # this rank's RNG for latents and interpolation weights
+    generator: torch.Generator  # latents and interpolation weights; seeded alike on every rank
     autocast_dtype: torch.dtype | None = None  # bf16 on GPU; None runs in float32
+    rank: int = 0
+    world_size: int = 1
+
+    def rows(self, n: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """This rank's n rows of one draw of n x world_size rows, made alike on every rank: the
+        random numbers of a step do not depend on how its global batch is split over workers."""
+        return draw(n * self.world_size)[self.rank * n : (self.rank + 1) * n]
 
 
 class GanLoss(abc.ABC):
@@ -50,7 +58,7 @@ class GanLoss(abc.ABC):
     def generate(self, n: int, state: StepState, device: torch.device) -> torch.Tensor:
         """n fake images [n, 3, R, R] at the step's resolution and fade-in, as float32 so losses
         mix them with real images and reduce in full precision."""
-        latents = self.G.sample_latents(n, state.generator, device)
+        latents = state.rows(n, lambda m: self.G.sample_latents(m, state.generator, device))
         with self.autocast(state, device):
             images = self.G(latents, state.resolution, state.fade_alpha)
         return images.float()

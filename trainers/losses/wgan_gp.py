@@ -61,7 +61,10 @@ class WGANGPLoss(GanLoss):
         # One critic call per batch kind, so minibatch stddev sees only real or only fake.
         real_scores = self.discriminate(real, state)
         fake_scores = self.discriminate(fake, state)
-        epsilon = torch.rand(len(real), generator=state.generator, device=state.generator.device)
+        epsilon = state.rows(
+            len(real),
+            lambda m: torch.rand(m, generator=state.generator, device=state.generator.device),
+        )
         penalty = gradient_penalty(
             lambda images: self.discriminate(images, state), real, fake, epsilon.to(real)
         )

@@ -77,8 +77,9 @@ class MinibatchStddev(nn.Module):
     """Appends one feature map: the stddev of each feature over a group of samples, averaged
     over features and pixels, so the critic can see a lack of variety in a batch.
 
-    The batch is split into N / G groups of G = min(group_size, N) samples; as the official
-    code, sample i belongs to group i % (N / G).
+    The batch is split into N / G groups of G = min(group_size, N) consecutive samples (the
+    official code strides them, i % (N / G)): split at multiples of G over workers, a global
+    batch then gets the same groups on any number of ranks, so runs are world-size invariant.
     """
 
     def __init__(self, group_size: int):
@@ -101,8 +102,8 @@ class MinibatchStddev(nn.Module):
             )
         groups = batch // group_size
         # float32 statistics: in bf16 the variance of near-equal samples is mostly rounding.
-        grouped = x.float().reshape(group_size, groups, channels, height, width)
-        stddev = (grouped.var(dim=0, unbiased=False) + MINIBATCH_STDDEV_EPSILON).sqrt()
+        grouped = x.float().reshape(groups, group_size, channels, height, width)
+        stddev = (grouped.var(dim=1, unbiased=False) + MINIBATCH_STDDEV_EPSILON).sqrt()
         per_group = stddev.mean(dim=(1, 2, 3))  # [groups]
-        feature = per_group.view(1, groups, 1, 1, 1).expand(group_size, -1, 1, height, width)
+        feature = per_group.view(groups, 1, 1, 1, 1).expand(-1, group_size, 1, height, width)
         return torch.cat([x, feature.reshape(batch, 1, height, width).to(x.dtype)], dim=1)
