@@ -3,6 +3,14 @@ runs of every family on a local 2-worker Ray cluster, checked through what MLflo
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import REPO, ganforge
@@ -10,6 +18,7 @@ from trainers.config import load_train_config
 
 PRESETS = sorted((REPO / "configs" / "train").rglob("*.yaml"))
 QUICKSTART = REPO / "configs" / "train"
+GANFORGE = Path(sys.executable).parent / "ganforge"
 
 # Shrinks a quickstart preset to seconds of training on the 40-image test dataset.
 TINY = {
@@ -200,3 +209,78 @@ def test_resume_continues_the_same_mlflow_run(small_dataset, train_env, mlflow_c
     steps = [step for step, _ in history(client, run, "kimg")]
     assert steps == sorted(steps) and steps[0] == 64 and steps[-1] == 384
     assert len(steps) == len(set(steps)) == 6
+
+
+def _train_worker_pids() -> list[int]:
+    """Processes of Ray Train workers (Ray titles them ray::RayTrainWorker...)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait_for(predicate, process, what: str, log: Path, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"the run ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.1)
+
+
+def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
+    small_dataset, train_env, mlflow_client, tmp_path
+):
+    """max_failures=1: a SIGKILLed worker restarts the group from the latest checkpoint
+    (kimg resumes there); a second kill exhausts it, exit 1 names the checkpoint and the
+    --resume command; resuming finishes the requested kimg in the same MLflow run."""
+    client, _ = mlflow_client
+    overrides = [
+        *TINY["wgan_gp"],
+        "total_kimg=4.8",
+        "log_every_kimg=0.064",
+        "sample_every_kimg=100",
+        "checkpoint_every_kimg=0.32",
+        "sample_grid=2",
+        "loader_workers=0",
+        "max_failures=1",
+    ]
+    command = [
+        str(GANFORGE), "train", str(QUICKSTART / "wgan_gp.yaml"), *sets(*overrides),
+        "--run-name", "survivor", "--no-progress", "--data", str(small_dataset),
+    ]  # fmt: skip
+    log = tmp_path / "output.log"
+    run_dir = tmp_path / "runs" / "survivor"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=train_env, stdout=stderr, stderr=stderr, text=True
+        )
+        try:
+            # the second checkpoint's folder appears once Ray has committed the first
+            _wait_for(
+                lambda: len(list(run_dir.glob("checkpoint_*"))) > 1, process, "checkpoint", log
+            )
+            os.kill(_train_worker_pids()[-1], signal.SIGKILL)
+            _wait_for(lambda: "resumed at kimg" in log.read_text(), process, "restart", log)
+            _wait_for(lambda: len(_train_worker_pids()) == 2, process, "restarted workers", log)
+            os.kill(_train_worker_pids()[-1], signal.SIGKILL)
+            assert process.wait(timeout=300) == 1
+        finally:
+            process.kill()
+    output = log.read_text()
+    resumed_at = float(re.search(r"resumed at kimg (\d+\.\d+)", output).group(1))
+    assert resumed_at > 0 and (resumed_at / 0.32) == pytest.approx(round(resumed_at / 0.32))
+    assert "max_failures=1 restarts used up" in output and "--run-name survivor" in output
+    assert "--resume" in output and "checkpoint_" in output
+
+    resumed = train("wgan_gp", "survivor", tmp_path, train_env, "--data", str(small_dataset),
+                    *sets(*overrides), "--resume")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "to kimg 4.800" in resumed.stdout
+    run = run_by_name(client, "survivor")
+    assert run.info.status == "FINISHED"
+    steps = [step for step, _ in history(client, run, "kimg")]
+    assert steps == sorted(set(steps)) and steps[-1] == 4800  # no step logged twice

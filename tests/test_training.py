@@ -124,3 +124,30 @@ def test_bf16_autocast_path_trains_with_finite_losses(family, small_dataset, tmp
     trainer.run()
     assert trainer.progress.nonfinite_steps == 0
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in trainer.history)
+
+
+def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
+    """The fallback a restarted Ray worker group resumes from: newest by images shown, among
+    folders that hold every file (a kill can interrupt a copy)."""
+    import json
+    from dataclasses import asdict
+
+    from trainers.checkpoint import Progress, latest_complete_checkpoint, rng_name
+
+    def folder(name: str, images: int, ranks: int, progress: str | None = None) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        for file in ("state.pt", "networks.json", "config.json"):
+            (directory / file).write_bytes(b"x")
+        for rank in range(ranks):
+            (directory / rng_name(rank)).write_bytes(b"x")
+        text = json.dumps(asdict(Progress(images=images)))
+        (directory / "progress.json").write_text(progress if progress is not None else text)
+        return directory
+
+    assert latest_complete_checkpoint(tmp_path, 2) is None
+    older = folder("checkpoint_b", 320, 2)
+    folder("checkpoint_a", 640, 1)  # newer but rank 1's RNG never arrived
+    folder("checkpoint_c", 960, 2, progress='{"images": 9')  # cut short
+    assert latest_complete_checkpoint(tmp_path, 2) == older
+    assert latest_complete_checkpoint(tmp_path, 1).name == "checkpoint_a"

@@ -114,3 +114,19 @@ def read_rng(directory: Path, rank: int) -> dict | None:
 
 def read_progress(directory: Path) -> Progress:
     return Progress.from_json(json.loads((directory / PROGRESS_NAME).read_text()))
+
+
+def latest_complete_checkpoint(run_dir: Path, world_size: int) -> Path | None:
+    """The newest checkpoint folder under run_dir holding every file a resume of `world_size`
+    ranks reads, by images shown; None if there is none."""
+    needed = [STATE_NAME, NETWORKS_NAME, CONFIG_NAME, PROGRESS_NAME]
+    needed += [rng_name(rank) for rank in range(world_size)]
+    found = []
+    for directory in Path(run_dir).glob("checkpoint_*"):
+        if not all((directory / name).is_file() for name in needed):
+            continue
+        try:
+            found.append((read_progress(directory).images, directory))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # a progress file cut short by the kill that interrupted its copy
+    return max(found)[1] if found else None

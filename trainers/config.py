@@ -129,6 +129,9 @@ class TrainConfig(_Strict):
     checkpoints_to_keep: int = Field(default=2, ge=1)  # older ones are deleted by Ray
     sample_grid: int = Field(default=8, ge=1, le=32)  # the grid is sample_grid² images
     max_nonfinite_steps: int = Field(default=10, ge=1)  # consecutive skipped steps → stop
+    # worker-group restarts from the latest checkpoint after a worker or node is lost (Ray's
+    # FailureConfig); 0 fails on the first error, as a short local run should
+    max_failures: int = Field(default=0, ge=0)
     experiment: str = "ganforge"  # MLflow experiment name
 
     @property

@@ -56,6 +56,23 @@ def average_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return dict(zip(names, stacked.unbind(), strict=True))
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient of a sum over ranks is the sum of the
+    ranks' gradients. torch.distributed.nn's version is deprecated for a private API."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the global batch of all ranks, so a split
     batch normalizes as one worker's full batch would (nn.SyncBatchNorm does this on GPUs
@@ -64,11 +81,9 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels, dims = x.shape[1], (0, 2, 3)
         count = torch.full((1,), x.numel() // channels, dtype=x.dtype, device=x.device)
-        total = all_reduce(torch.cat([x.sum(dims), x.square().sum(dims), count]))
+        total = _SumOverRanks.apply(torch.cat([x.sum(dims), x.square().sum(dims), count]))
         n = total[-1]
         mean = total[:channels] / n
         var = (total[channels : 2 * channels] / n - mean.square()).clamp_min(0.0)

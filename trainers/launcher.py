@@ -134,13 +134,22 @@ def resolve_run_name(request: LaunchRequest) -> str:
 class _RaySession:
     """The loop's `Session` on Ray Train: resume point and checkpoint reporting."""
 
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
     @contextlib.contextmanager
     def restore_dir(self) -> Iterator[Path | None]:
         import ray.train
 
+        from trainers.checkpoint import latest_complete_checkpoint
+
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            yield None
+            # A worker killed right after reporting can take the report with it before Ray's
+            # controller registers it; the checkpoint is on disk all the same, so a restarted
+            # group resumes from it rather than from zero (in a new MLflow run).
+            world_size = ray.train.get_context().get_world_size()
+            yield latest_complete_checkpoint(self.run_dir, world_size)
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)
@@ -169,7 +178,8 @@ def _train_worker(payload: dict) -> None:
         run_name=payload["run_name"],
         progress_bar=payload["progress_bar"],
     )
-    trainer = Trainer(TrainConfig.model_validate(payload["config"]), options, _RaySession())
+    session = _RaySession(Path(payload["run_dir"]))
+    trainer = Trainer(TrainConfig.model_validate(payload["config"]), options, session)
     try:
         trainer.run()
     except BaseException:
@@ -245,6 +255,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
             name=run_name,
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             # Ray Train's own lines stay in its log files (<Ray session dir>/logs/train/), off
             # the console: INFO for every resource request, worker group start and checkpoint;
             # WARNING with a traceback each time a slow-starting actor misses a 5 s deadline.
@@ -256,8 +267,16 @@ def launch(request: LaunchRequest) -> LaunchResult:
         result = trainer.fit()
     except Exception as error:
         kept = _latest_checkpoint(storage / run_name)
-        where = f"the latest checkpoint is {kept}" if kept else "no checkpoint was written"
-        raise TrainingFailed(f"training failed: {_root_cause(error)}; {where}") from error
+        restarts = f" (its max_failures={config.max_failures} restarts used up)" * bool(
+            config.max_failures
+        )
+        where = (
+            f"the latest state is in {kept}; continue it with the same command plus "
+            f"--run-name {run_name} --storage {request.storage} --resume"
+            if kept
+            else "no checkpoint was written"
+        )
+        raise TrainingFailed(f"training failed{restarts}: {_root_cause(error)}; {where}") from error
     checkpoint = Path(result.checkpoint.path) if result.checkpoint else None
     from trainers.checkpoint import read_progress
 

@@ -60,9 +60,15 @@ class RunLogger:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
+        self._last_step = -1
         if run_id is not None:  # a resumed training continues its run
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
+            # After a worker failure Ray restarts from the latest checkpoint, which may precede
+            # the last logged step: those steps come again (equal, as resume is exact) and are
+            # not logged twice, so every metric's steps stay strictly increasing.
+            logged = self.client.get_metric_history(run_id, "kimg")
+            self._last_step = max((m.step for m in logged), default=-1)
             return run_id
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
@@ -80,6 +86,9 @@ class RunLogger:
 
         def log():
             from mlflow.entities import Metric
+
+            if images_shown <= self._last_step:
+                return
 
             batch = [Metric(k, float(v), timestamp, images_shown) for k, v in metrics.items()]
             self.client.log_batch(self.run_id, metrics=batch)
