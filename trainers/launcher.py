@@ -266,7 +266,9 @@ def launch(request: LaunchRequest) -> LaunchResult:
     try:
         result = trainer.fit()
     except Exception as error:
-        kept = _latest_checkpoint(storage / run_name)
+        from trainers.checkpoint import latest_complete_checkpoint
+
+        kept = latest_complete_checkpoint(storage / run_name, config.workers)
         restarts = f" (its max_failures={config.max_failures} restarts used up)" * bool(
             config.max_failures
         )
@@ -282,8 +284,3 @@ def launch(request: LaunchRequest) -> LaunchResult:
 
     kimg = read_progress(checkpoint).kimg if checkpoint else 0.0
     return LaunchResult(run_name, storage / run_name, kimg, checkpoint)
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    return checkpoints[-1] if checkpoints else None
