@@ -168,6 +168,8 @@ def _train_worker(payload: dict) -> None:
     from trainers.loop import RunOptions, Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # offline by default: MLflow's usage telemetry would call out of a cluster node
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     use_gpu = payload["use_gpu"]
     options = RunOptions(
         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"),

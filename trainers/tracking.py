@@ -4,6 +4,7 @@ training continues the same MLflow run."""
 from __future__ import annotations
 
 import json
+import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,11 @@ class RunLogger:
     def __init__(
         self, tracking_uri: str, experiment: str, run_name: str, run_id: str | None, config: dict
     ):
+        # MLflow's import computes platform.platform() (its telemetry schema), which runs
+        # `uname -p` in a subprocess. Run from the background thread while the loop forks its
+        # loader workers, a loader inherits the subprocess's status pipe and the thread waits
+        # for good (seen: a hung `make bench` run). Computed here, on this thread, it is cached.
+        platform.platform()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self._pending: list[Future] = []
         self.run_id_future = self._submit(
