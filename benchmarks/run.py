@@ -138,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="DIR",
-        help="parent of the temporary build folder, removed afterwards (default: system temp)",
+        help="parent of the temporary work folder, created if missing; the work folder is "
+        "removed afterwards (default: system temp)",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     common = {"quick": args.quick, "command": command}
     rows = []
     written = []
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-", dir=args.work_dir) as tmp:
         work = Path(tmp)
         if "synthetic" in args.only:

@@ -71,37 +71,18 @@ def small_dataset(prefect_api, tmp_path_factory) -> Path:
     return out
 
 
-def free_port() -> int:
-    import socket
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One Ray cluster of two nodes (two raylets, 1 CPU each, so two training workers land on
+    two node ids) shared by every `ganforge train` of the session through RAY_ADDRESS; its own
+    port, since Redis may hold Ray's default. A test that kills a node restores it after."""
+    from tests.cluster import LocalCluster
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    cluster = LocalCluster(tmp_path_factory.mktemp("ray")).start(nodes=2)
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def ray_address(tmp_path_factory) -> str:
-    """One local Ray cluster (2 CPUs, so 2 training workers) shared by every `ganforge train`
-    of the session through RAY_ADDRESS; its own port, since Redis may hold Ray's default."""
-    ray = str(Path(sys.executable).parent / "ray")
-    address = f"127.0.0.1:{free_port()}"
-    temp_dir = tmp_path_factory.mktemp("ray")
-    # a loopback test cluster: no auth token, so drivers started by tests connect as is
-    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            f"--port={address.split(':')[1]}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    yield address
-    subprocess.run([ray, "stop", "--force"], capture_output=True)
+def ray_address(ray_cluster) -> str:
+    return ray_cluster.address

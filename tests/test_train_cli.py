@@ -1,8 +1,10 @@
 """`ganforge train` as users type it: config errors before any worker starts, and short real
-runs of every family on a local 2-worker Ray cluster, checked through what MLflow recorded."""
+runs of every family on a local Ray cluster of two nodes (one worker each), checked through
+what MLflow recorded; a lost worker and a lost node are survived."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -71,6 +73,11 @@ def test_paper_progan_preset_grows_to_1024():
         (sets("batch_per_resolution={4: 8}"), "no entry for resolution 8"),
         (sets("seed"), "expected key=value"),
         (["--workers", "3"], "batch_per_resolution[4] = 64 does not split over 3 workers"),
+        (
+            ["--workers", "4", "--set", "min_workers=3"],
+            "min_workers=3: batch_per_resolution[4] = 64 does not split over 3 workers",
+        ),
+        (["--set", "min_workers=3"], "min_workers 3 is above workers 2"),
     ],
 )
 def test_config_errors_exit_2_naming_the_key(args, named, small_dataset, tmp_path):
@@ -174,6 +181,8 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     assert run.info.status == "FINISHED"
     assert run.data.params["model.family"] == family
     assert run.data.params["workers"] == "2"
+    nodes = json.loads(run.data.tags["ganforge.nodes"])  # the node id of each rank
+    assert len(nodes) == 2 and nodes[0] != nodes[1]
     common = {"kimg", "images_per_second", "seconds_per_kimg", "resolution", "batch_size"}
     assert FAMILY_METRICS[family] | common <= set(run.data.metrics)
     assert run.data.metrics["kimg"] == pytest.approx(0.384)
@@ -284,3 +293,63 @@ def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
     assert run.info.status == "FINISHED"
     steps = [step for step, _ in history(client, run, "kimg")]
     assert steps == sorted(set(steps)) and steps[-1] == 4800  # no step logged twice
+
+
+def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
+    small_dataset, train_env, mlflow_client, ray_cluster, tmp_path
+):
+    """Elastic sizing (min_workers=1): SIGKILL the raylet of the node that holds one rank, as a
+    lost host; the run restarts from its latest checkpoint on the remaining node with one
+    worker taking the whole global batch (logged), and finishes in the same MLflow run."""
+    client, _ = mlflow_client
+    overrides = [
+        *TINY["wgan_gp"],
+        "total_kimg=1.28",
+        "log_every_kimg=0.064",
+        "sample_every_kimg=100",
+        "checkpoint_every_kimg=0.32",
+        "sample_grid=2",
+        "loader_workers=0",
+        "min_workers=1",
+        "max_failures=1",
+    ]
+    command = [
+        str(GANFORGE), "train", str(QUICKSTART / "wgan_gp.yaml"), *sets(*overrides),
+        "--run-name", "elastic", "--no-progress", "--data", str(small_dataset),
+    ]  # fmt: skip
+    log = tmp_path / "output.log"
+    run_dir = tmp_path / "runs" / "elastic"
+    head = ray_cluster.raylets[0]
+    # Right after the loss the cluster still lists the lost node's CPU for a moment, so Ray
+    # Train first tries 2 workers again and waits this long (default 60 s) before it takes 1.
+    env = train_env | {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
+    try:
+        with open(log, "w") as output:
+            process = subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=output, stderr=output, text=True
+            )
+            try:
+                _wait_for(
+                    lambda: len(list(run_dir.glob("checkpoint_*"))) > 1, process, "checkpoint", log
+                )
+                raylets = {ray_cluster.raylet_of(pid) for pid in _train_worker_pids()}
+                assert len(raylets) == 2 and head in raylets  # one rank per node
+                (lost,) = raylets - {head}
+                ray_cluster.kill_raylet(lost)
+                assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+            finally:
+                process.kill()
+    finally:
+        ray_cluster.ensure_nodes(2)  # the next tests find two nodes again
+    text = log.read_text()
+    assert "to kimg 1.280" in text
+    resize = re.search(r"elastic resize: .* written by 2 workers, training goes on with 1", text)
+    assert resize, text[-3000:]
+    assert "global batch at 32² stays 16 (per worker 8 -> 16)" in text
+    run = run_by_name(client, "elastic")
+    assert run.info.status == "FINISHED"
+    steps = [step for step, _ in history(client, run, "kimg")]
+    assert steps == sorted(set(steps)) and steps[-1] == 1280
+    workers = [value for _, value in history(client, run, "workers")]
+    assert workers[0] == 2 and workers[-1] == 1 and workers == sorted(workers, reverse=True)
+    assert {value for _, value in history(client, run, "batch_size")} == {16}

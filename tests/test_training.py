@@ -134,20 +134,20 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
 
     from trainers.checkpoint import Progress, latest_complete_checkpoint, rng_name
 
-    def folder(name: str, images: int, ranks: int, progress: str | None = None) -> Path:
+    def folder(name: str, images: int, writers: int, ranks: int, progress: str = "") -> Path:
         directory = tmp_path / name
         directory.mkdir()
         for file in ("state.pt", "networks.json", "config.json"):
             (directory / file).write_bytes(b"x")
         for rank in range(ranks):
             (directory / rng_name(rank)).write_bytes(b"x")
-        text = json.dumps(asdict(Progress(images=images)))
-        (directory / "progress.json").write_text(progress if progress is not None else text)
+        text = json.dumps(asdict(Progress(images=images, world_size=writers)))
+        (directory / "progress.json").write_text(progress or text)
         return directory
 
-    assert latest_complete_checkpoint(tmp_path, 2) is None
-    older = folder("checkpoint_b", 320, 2)
-    folder("checkpoint_a", 640, 1)  # newer but rank 1's RNG never arrived
-    folder("checkpoint_c", 960, 2, progress='{"images": 9')  # cut short
-    assert latest_complete_checkpoint(tmp_path, 2) == older
-    assert latest_complete_checkpoint(tmp_path, 1).name == "checkpoint_a"
+    assert latest_complete_checkpoint(tmp_path) is None
+    folder("checkpoint_a", 320, writers=1, ranks=1)  # written before an elastic grow
+    older = folder("checkpoint_b", 640, writers=2, ranks=2)
+    folder("checkpoint_c", 960, writers=2, ranks=1)  # newer but rank 1's RNG never arrived
+    folder("checkpoint_d", 1280, writers=2, ranks=2, progress='{"images": 9')  # cut short
+    assert latest_complete_checkpoint(tmp_path) == older

@@ -35,6 +35,7 @@ class Progress:
     loader_epoch: int = 0  # times the data stream was (re)started; seeds its order
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in total
     batch_per_resolution: dict[int, int] = field(default_factory=dict)  # global, as used
+    world_size: int = 1  # ranks that wrote the checkpoint (an elastic resume may differ)
     mlflow_run_id: str | None = None  # a resumed training logs into the same MLflow run
 
     @property
@@ -116,17 +117,18 @@ def read_progress(directory: Path) -> Progress:
     return Progress.from_json(json.loads((directory / PROGRESS_NAME).read_text()))
 
 
-def latest_complete_checkpoint(run_dir: Path, world_size: int) -> Path | None:
-    """The newest checkpoint folder under run_dir holding every file a resume of `world_size`
-    ranks reads, by images shown; None if there is none."""
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder under run_dir holding every file its writers wrote (rank
+    0's and one RNG file per rank), by images shown; None if there is none."""
     needed = [STATE_NAME, NETWORKS_NAME, CONFIG_NAME, PROGRESS_NAME]
-    needed += [rng_name(rank) for rank in range(world_size)]
     found = []
     for directory in Path(run_dir).glob("checkpoint_*"):
         if not all((directory / name).is_file() for name in needed):
             continue
         try:
-            found.append((read_progress(directory).images, directory))
+            progress = read_progress(directory)
         except (OSError, ValueError, TypeError, KeyError):
             continue  # a progress file cut short by the kill that interrupted its copy
+        if all((directory / rng_name(r)).is_file() for r in range(progress.world_size)):
+            found.append((progress.images, directory))
     return max(found)[1] if found else None

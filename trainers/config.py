@@ -114,6 +114,10 @@ class TrainConfig(_Strict):
     data: str = "data/quickstart"  # dataset folder written by `ganforge data build`
     seed: int = Field(default=0, ge=0)  # fixes init, latents, data order: reruns are equal
     workers: int = Field(default=1, ge=1)  # Ray Train workers (one per GPU on a cluster)
+    # elastic: after a node is lost Ray Train may go on with as few as this many workers
+    # (ScalingConfig(num_workers=(min_workers, workers))), the global batch unchanged;
+    # None keeps the size fixed (a lost node then waits for its replacement)
+    min_workers: int | None = Field(default=None, ge=1)
     total_kimg: float = Field(gt=0)  # training length in thousands of real images shown
     # Global batch per resolution (split evenly over workers); the official ProGAN table is
     # {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}.
@@ -151,7 +155,14 @@ class TrainConfig(_Strict):
         for resolution, batch in self.batch_per_resolution.items():
             if batch < 1:
                 raise ValueError(f"batch_per_resolution[{resolution}] must be ≥ 1, got {batch}")
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"min_workers {self.min_workers} is above workers {self.workers}")
         return self
+
+    @property
+    def world_sizes(self) -> range:
+        """Every number of workers the run may train with (more than one when elastic)."""
+        return range(self.min_workers or self.workers, self.workers + 1)
 
     def batch_per_worker(self, resolution: int, workers: int) -> int:
         """The global batch of `resolution` split over `workers`; a ValueError names both."""

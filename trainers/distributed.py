@@ -28,6 +28,15 @@ def broadcast_module(module: nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+def gather_strings(value: str) -> list[str]:
+    """Every rank's `value`, in rank order (one all-gather; a list of one without a group)."""
+    if world_size() == 1:
+        return [value]
+    found: list[str | None] = [None] * world_size()
+    dist.all_gather_object(found, value)
+    return [str(item) for item in found]
+
+
 def average_gradients(module: nn.Module) -> torch.Tensor:
     """Average the gradients of `module` over ranks in place; return whether all are finite
     (a 0-dim bool tensor, equal on every rank because it is computed after the average)."""

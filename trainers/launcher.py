@@ -148,8 +148,7 @@ class _RaySession:
             # A worker killed right after reporting can take the report with it before Ray's
             # controller registers it; the checkpoint is on disk all the same, so a restarted
             # group resumes from it rather than from zero (in a new MLflow run).
-            world_size = ray.train.get_context().get_world_size()
-            yield latest_complete_checkpoint(self.run_dir, world_size)
+            yield latest_complete_checkpoint(self.run_dir)
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)
@@ -159,6 +158,11 @@ class _RaySession:
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
+
+    def placement(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 def _train_worker(payload: dict) -> None:
@@ -207,10 +211,12 @@ def launch(request: LaunchRequest) -> LaunchResult:
     if "://" not in config.data:  # workers run in other directories
         config = config.model_copy(update={"data": str(Path(config.data).resolve())})
     for resolution in config.resolutions:
-        try:
-            config.batch_per_worker(resolution, config.workers)
-        except ValueError as error:
-            raise LaunchError(str(error)) from None
+        for workers in config.world_sizes:  # an elastic run may go on with any of them
+            try:
+                config.batch_per_worker(resolution, workers)
+            except ValueError as error:
+                elastic = f"min_workers={config.min_workers}: " * (workers < config.workers)
+                raise LaunchError(f"{elastic}{error}") from None
     storage = request.storage.resolve()
     run_name = resolve_run_name(request)
     address = os.environ.get("RAY_ADDRESS")
@@ -249,7 +255,9 @@ def launch(request: LaunchRequest) -> LaunchResult:
         train_loop_config=payload,
         torch_config=TorchConfig(backend="nccl" if request.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers,
+            num_workers=(config.world_sizes[0], config.workers)
+            if config.min_workers
+            else config.workers,
             use_gpu=request.use_gpu,
             resources_per_worker={"GPU": 1} if request.use_gpu else {"CPU": 1},
         ),
@@ -270,7 +278,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
     except Exception as error:
         from trainers.checkpoint import latest_complete_checkpoint
 
-        kept = latest_complete_checkpoint(storage / run_name, config.workers)
+        kept = latest_complete_checkpoint(storage / run_name)
         restarts = f" (its max_failures={config.max_failures} restarts used up)" * bool(
             config.max_failures
         )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -54,6 +56,9 @@ class Session(Protocol):
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         """Hand a written checkpoint to the host (every rank calls this at the same step)."""
 
+    def placement(self) -> str:
+        """Where this rank runs (a cluster node id, or a host name)."""
+
 
 class DirectorySession:
     """A `Session` without Ray: checkpoints are copied to root/checkpoint-<images shown>/ and a
@@ -77,6 +82,9 @@ class DirectorySession:
         images = round(metrics["kimg"] * 1000)
         destination = self.root / f"checkpoint-{images:012d}"
         shutil.copytree(checkpoint_dir, destination, dirs_exist_ok=True)
+
+    def placement(self) -> str:
+        return socket.gethostname()
 
 
 @dataclass
@@ -165,7 +173,12 @@ class Trainer:
         self.stage = self.schedule.at(0.0)
         self.optimizers = self._new_optimizers(self.stage.resolution)
         self._restore()
+        self.progress.world_size = self.world_size
+        self.nodes = distributed.gather_strings(session.placement())  # of ranks 0, 1, ...
         self.logger = None
+        if self.rank == 0:
+            nodes = len(set(self.nodes))
+            log.info("%d workers on %d nodes: %s", self.world_size, nodes, self.nodes)
         if self.rank == 0 and options.tracking_uri:
             from trainers.tracking import RunLogger
 
@@ -176,6 +189,7 @@ class Trainer:
                 self.progress.mlflow_run_id,
                 config.model_dump(mode="json"),
             )
+            self.logger.set_tag("ganforge.nodes", json.dumps(self.nodes))
 
     # -- state ------------------------------------------------------------------------------
 
@@ -213,6 +227,25 @@ class Trainer:
                 restore_rng(rng, self.latent_generator)
             self.progress.loader_epoch += 1  # the stream restarts after every checkpoint
             log.info("resumed at kimg %.3f (step %d)", self.progress.kimg, self.progress.step)
+            if self.progress.world_size != self.world_size:
+                self._log_resize(self.progress.world_size)
+
+    def _log_resize(self, before: int) -> None:
+        """An elastic restart on another number of workers: each rank's share of the global
+        batch changes so that the global batch (and so the training) stays the same."""
+        if self.rank != 0:
+            return
+        resolution = self.stage.resolution
+        log.warning(
+            "elastic resize: the checkpoint was written by %d workers, training goes on with "
+            "%d; global batch at %d² stays %d (per worker %d -> %d)",
+            before,
+            self.world_size,
+            resolution,
+            self.config.batch_per_resolution[resolution],
+            self.config.batch_per_worker(resolution, before),
+            self.config.batch_per_worker(resolution, self.world_size),
+        )
 
     def _state(self) -> dict:
         return {
@@ -392,6 +425,7 @@ class Trainer:
             resolution=self.stage.resolution,
             fade_alpha=self.stage.fade_alpha,
             batch_size=global_batch,
+            workers=self.world_size,
             images_per_second=shown / max(seconds, 1e-9),
             seconds_per_kimg=seconds / max(shown / 1000, 1e-9),
             nonfinite_steps=progress.nonfinite_steps,

@@ -101,6 +101,9 @@ class RunLogger:
 
         self._submit(log)
 
+    def set_tag(self, key: str, value: str) -> None:
+        self._submit(lambda: self.client.set_tag(self.run_id, key, value))
+
     def log_file(self, path: Path, artifact_dir: str) -> None:
         self._submit(lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
 

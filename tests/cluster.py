@@ -1,0 +1,122 @@
+"""A Ray cluster of several nodes on this machine, as on separate hosts: `ray start --head`
+plus one `ray start --address` per further node, each its own raylet with its own CPUs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+# A loopback test cluster: no auth token, so drivers started by tests connect as they are.
+# A killed raylet is declared dead after 3 missed 1 s health checks (Ray's default: 5 x 3 s).
+CLUSTER_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def raylet_pids() -> set[int]:
+    """Every raylet process on this machine (one per node)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "raylet":
+                found.add(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: state, parent pid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return _stat(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def parent_pid(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+class LocalCluster:
+    """`nodes` raylets of `cpus_per_node` CPUs each; the first is the head."""
+
+    def __init__(self, temp_dir: Path, cpus_per_node: int = 1):
+        self.address = f"127.0.0.1:{free_port()}"
+        self.temp_dir, self.cpus_per_node = temp_dir, cpus_per_node
+        self.env = os.environ | CLUSTER_ENV
+        self.raylets: list[int] = []  # ours, head first
+
+    def _start(self, *args: str) -> int:
+        before = raylet_pids()
+        subprocess.run(
+            [RAY, "start", f"--num-cpus={self.cpus_per_node}", "--disable-usage-stats", *args],
+            check=True,
+            capture_output=True,
+            env=self.env,
+        )
+        (new,) = raylet_pids() - before
+        self.raylets.append(new)
+        return new
+
+    def start(self, nodes: int) -> LocalCluster:
+        self._start(
+            "--head",
+            f"--port={self.address.split(':')[1]}",
+            "--include-dashboard=false",
+            f"--temp-dir={self.temp_dir}",
+        )
+        self.ensure_nodes(nodes)
+        return self
+
+    def add_node(self) -> int:
+        """One more node; returns its raylet's pid."""
+        return self._start(f"--address={self.address}")
+
+    def alive(self) -> list[int]:
+        return [pid for pid in self.raylets if running(pid)]
+
+    def ensure_nodes(self, nodes: int) -> None:
+        """Add nodes until `nodes` of ours are alive (after a test killed some)."""
+        self.raylets = self.alive()
+        while len(self.raylets) < nodes:
+            self.add_node()
+
+    def kill_raylet(self, pid: int) -> None:
+        """SIGKILL a node's raylet, as a lost host; its workers exit when they lose it."""
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def raylet_of(self, pid: int) -> int | None:
+        """The raylet (of ours) a worker process runs under: Ray forks workers from it."""
+        while pid > 1:
+            if pid in self.raylets:
+                return pid
+            try:
+                pid = parent_pid(pid)
+            except OSError:
+                return None
+        return None
+
+    def stop(self) -> None:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True)
