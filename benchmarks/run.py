@@ -70,8 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "(2) ShardReader at 64² and 256² vs a raw PIL decode loop and vs a folder of PNGs "
             "through a torch DataLoader; (3) synthetic face rendering at 256² on one core; "
             "(4) `ganforge train` on data/quickstart (built by `make run`): throughput with 1 "
-            "worker vs a bare PyTorch loop on the same networks, and seconds from process start "
-            "to the first training step vs a stock 2-worker TorchTrainer fit that does nothing. "
+            "worker vs a bare PyTorch loop on the same networks, 2 workers vs 1, and seconds "
+            "from process start to the first training step (split into cluster start, "
+            "worker-group start and first step) vs a stock 2-worker TorchTrainer fit that does "
+            "nothing. "
             "Writes BENCH.json files under the results folder and prints a table. Targets are "
             "recorded (meets_target), never enforced: the exit status is 0 unless it crashes."
         ),
@@ -246,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training: skipped, {training.DATASET} is missing (build it with `make run`)")
         elif "training" in args.only:
             print(
-                f"training: {args.train_repeats} x ({args.train_window_kimg:g} kimg on 1 worker "
-                f"+ bare loop), {args.launch_repeats} x (launch + stock fit) ..."
+                f"training: {args.train_repeats} x ({args.train_window_kimg:g} kimg on 1 and on 2 "
+                f"workers + bare loop), {args.launch_repeats} x (launch + stock fit) ..."
             )
             # A fresh interpreter, as for the reader: the bare loop runs in it.
             payload, new_rows = in_fresh_process(

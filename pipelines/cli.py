@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -258,6 +259,12 @@ def train(
         raise _fail(f"{config}: {error}", USAGE_ERROR) from None
 
     from trainers.launcher import LaunchError, LaunchRequest, TrainingFailed, launch
+
+    # the launcher's progress lines (Ray ready, ...), as the workers' come through Ray
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("trainers").addHandler(handler)
+    logging.getLogger("trainers").setLevel(logging.INFO)
 
     request = LaunchRequest(
         config=train_config,

@@ -200,6 +200,20 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
         assert all(0 <= k <= 1 for _, k in history(client, run, "k_t"))
 
 
+def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env, tmp_path):
+    """The default a user gets: no RAY_ADDRESS, so the launcher starts its own local Ray (with
+    the lean trainer that leaves out the helper actors it does not need) and logs the launch
+    timeline `make bench` splits."""
+    env = {k: v for k, v in train_env.items() if k != "RAY_ADDRESS"}
+    result = train("wgan_gp", "local", tmp_path, env, "--data", str(small_dataset))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "to kimg 0.384" in result.stdout
+    marks = ["Ray ready (local cluster) at", "train function entered at", "first step done at"]
+    output = result.stdout + result.stderr
+    times = [float(re.search(rf"{mark} (\d+\.\d+)", output).group(1)) for mark in marks]
+    assert times == sorted(times)
+
+
 def test_resume_continues_the_same_mlflow_run(small_dataset, train_env, mlflow_client, tmp_path):
     """--max-kimg stops with a checkpoint; --resume continues from there in the same MLflow run,
     kimg going on (not restarting at 0); a second start without --resume is refused."""

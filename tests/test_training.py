@@ -151,3 +151,27 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
     folder("checkpoint_c", 960, writers=2, ranks=1)  # newer but rank 1's RNG never arrived
     folder("checkpoint_d", 1280, writers=2, ranks=2, progress='{"images": 9')  # cut short
     assert latest_complete_checkpoint(tmp_path) == older
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "progan"])
+def test_channels_last_path_trains_like_the_default_layout(family, small_dataset, tmp_path):
+    """The GPU recipe's channels_last layout (on by default on CUDA) run on CPU: the same
+    networks, data and steps end at the same weights as the default layout, within float
+    tolerance, and its checkpoint loads into a default-layout run."""
+    config = tiny_config(small_dataset, family, total_kimg=0.064)
+    runs = {}
+    for layout in (False, True):
+        options = RunOptions(channels_last=layout, progress_bar=False)
+        runs[layout] = RecordingTrainer(config, options, DirectorySession(tmp_path / str(layout)))
+        runs[layout].run()  # ends with a checkpoint
+    weight = next(p for p in runs[True].G.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    for name in ("G", "D"):
+        default, last = (getattr(runs[layout], name).state_dict() for layout in (False, True))
+        for key, value in default.items():
+            torch.testing.assert_close(last[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    resumed = RecordingTrainer(
+        config, RunOptions(progress_bar=False), DirectorySession(tmp_path / "True")
+    )
+    torch.testing.assert_close(resumed.G.state_dict(), runs[False].G.state_dict(), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip

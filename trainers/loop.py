@@ -98,6 +98,9 @@ class RunOptions:
     tracking_uri: str | None = None  # MLflow store rank 0 logs to; None logs nothing
     run_name: str = "ganforge"  # MLflow run name of a new run
     progress_bar: bool = True
+    # NHWC activations and conv weights: cuDNN's bf16 tensor-core convs want them (on CUDA by
+    # default); on CPU the default layout is faster
+    channels_last: bool | None = None  # None: on when device is cuda
 
 
 def _stream_seed(seed: int, loader_epoch: int) -> int:
@@ -151,8 +154,13 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.family: Family = build_family(config)
         # DCGAN's G has BatchNorm: its statistics must span the global batch, not each rank's.
-        self.G = distributed.sync_batch_norm(self.family.generator, self.device).to(self.device)
-        self.D = self.family.discriminator.to(self.device)
+        self.memory_format = torch.contiguous_format
+        if options.channels_last or (options.channels_last is None and self.device.type == "cuda"):
+            self.memory_format = torch.channels_last
+        self.G = distributed.sync_batch_norm(self.family.generator, self.device).to(
+            self.device, memory_format=self.memory_format
+        )
+        self.D = self.family.discriminator.to(self.device, memory_format=self.memory_format)
         self.G_ema = None
         if self.family.ema_beta is not None:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -308,7 +316,7 @@ class Trainer:
             rank=self.rank,
             world_size=self.world_size,
         )
-        real = fade_real(real, stage.fade_alpha)
+        real = fade_real(real, stage.fade_alpha).contiguous(memory_format=self.memory_format)
         lr = self.family.learning_rate(self.progress.kimg, stage.resolution)
         metrics: dict[str, torch.Tensor] = {}
         finite, generator_stepped = True, False
