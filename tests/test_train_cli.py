@@ -210,7 +210,7 @@ def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env
     assert "to kimg 0.384" in result.stdout
     marks = ["Ray ready (local cluster) at", "train function entered at", "first step done at"]
     output = result.stdout + result.stderr
-    times = [float(re.search(rf"{mark} (\d+\.\d+)", output).group(1)) for mark in marks]
+    times = [float(re.search(re.escape(mark) + r" (\d+\.\d+)", output).group(1)) for mark in marks]
     assert times == sorted(times)
 
 
@@ -254,6 +254,26 @@ def _wait_for(predicate, process, what: str, log: Path, timeout: float = 300):
         time.sleep(0.1)
 
 
+def _long_run(run_name: str, dataset: Path, *extra: str) -> tuple[list[str], list[str]]:
+    """Overrides and command of a wgan_gp run long enough to be interrupted after its first
+    checkpoints (every 0.32 kimg), with one restart allowed."""
+    overrides = [
+        *TINY["wgan_gp"],
+        "log_every_kimg=0.064",
+        "sample_every_kimg=100",
+        "checkpoint_every_kimg=0.32",
+        "sample_grid=2",
+        "loader_workers=0",
+        "max_failures=1",
+        *extra,
+    ]
+    command = [
+        str(GANFORGE), "train", str(QUICKSTART / "wgan_gp.yaml"), *sets(*overrides),
+        "--run-name", run_name, "--no-progress", "--data", str(dataset),
+    ]  # fmt: skip
+    return overrides, command
+
+
 def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
     small_dataset, train_env, mlflow_client, tmp_path
 ):
@@ -261,20 +281,7 @@ def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
     (kimg resumes there); a second kill exhausts it, exit 1 names the checkpoint and the
     --resume command; resuming finishes the requested kimg in the same MLflow run."""
     client, _ = mlflow_client
-    overrides = [
-        *TINY["wgan_gp"],
-        "total_kimg=4.8",
-        "log_every_kimg=0.064",
-        "sample_every_kimg=100",
-        "checkpoint_every_kimg=0.32",
-        "sample_grid=2",
-        "loader_workers=0",
-        "max_failures=1",
-    ]
-    command = [
-        str(GANFORGE), "train", str(QUICKSTART / "wgan_gp.yaml"), *sets(*overrides),
-        "--run-name", "survivor", "--no-progress", "--data", str(small_dataset),
-    ]  # fmt: skip
+    overrides, command = _long_run("survivor", small_dataset, "total_kimg=4.8")
     log = tmp_path / "output.log"
     run_dir = tmp_path / "runs" / "survivor"
     with open(log, "w") as stderr:
@@ -316,21 +323,7 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     lost host; the run restarts from its latest checkpoint on the remaining node with one
     worker taking the whole global batch (logged), and finishes in the same MLflow run."""
     client, _ = mlflow_client
-    overrides = [
-        *TINY["wgan_gp"],
-        "total_kimg=1.28",
-        "log_every_kimg=0.064",
-        "sample_every_kimg=100",
-        "checkpoint_every_kimg=0.32",
-        "sample_grid=2",
-        "loader_workers=0",
-        "min_workers=1",
-        "max_failures=1",
-    ]
-    command = [
-        str(GANFORGE), "train", str(QUICKSTART / "wgan_gp.yaml"), *sets(*overrides),
-        "--run-name", "elastic", "--no-progress", "--data", str(small_dataset),
-    ]  # fmt: skip
+    _, command = _long_run("elastic", small_dataset, "total_kimg=1.28", "min_workers=1")
     log = tmp_path / "output.log"
     run_dir = tmp_path / "runs" / "elastic"
     head = ray_cluster.raylets[0]
