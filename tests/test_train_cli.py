@@ -4,6 +4,7 @@ what MLflow recorded; a lost worker and a lost node are survived."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -254,10 +255,10 @@ def _wait_for(predicate, process, what: str, log: Path, timeout: float = 300):
         time.sleep(0.1)
 
 
-def _long_run(run_name: str, dataset: Path, *extra: str) -> tuple[list[str], list[str]]:
-    """Overrides and command of a wgan_gp run long enough to be interrupted after its first
-    checkpoints (every 0.32 kimg), with one restart allowed."""
-    overrides = [
+def _long_overrides(*extra: str) -> list[str]:
+    """A wgan_gp run long enough to be interrupted after its first checkpoints (every 0.32
+    kimg), with one restart allowed."""
+    return [
         *TINY["wgan_gp"],
         "log_every_kimg=0.064",
         "sample_every_kimg=100",
@@ -267,11 +268,29 @@ def _long_run(run_name: str, dataset: Path, *extra: str) -> tuple[list[str], lis
         "max_failures=1",
         *extra,
     ]
+
+
+@contextlib.contextmanager
+def _past_first_checkpoint(run_name: str, overrides: list[str], dataset: Path, cwd: Path, env):
+    """`ganforge train` of `overrides` in the background, its output in cwd/output.log; yields
+    the process once Ray has committed the first checkpoint (the second's folder appears then),
+    and kills it on the way out."""
     command = [
         str(GANFORGE), "train", str(QUICKSTART / "wgan_gp.yaml"), *sets(*overrides),
         "--run-name", run_name, "--no-progress", "--data", str(dataset),
     ]  # fmt: skip
-    return overrides, command
+    log, run_dir = cwd / "output.log", cwd / "runs" / run_name
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=output, text=True
+        )
+        try:
+            _wait_for(
+                lambda: len(list(run_dir.glob("checkpoint_*"))) > 1, process, "checkpoint", log
+            )
+            yield process
+        finally:
+            process.kill()
 
 
 def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
@@ -281,25 +300,14 @@ def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
     (kimg resumes there); a second kill exhausts it, exit 1 names the checkpoint and the
     --resume command; resuming finishes the requested kimg in the same MLflow run."""
     client, _ = mlflow_client
-    overrides, command = _long_run("survivor", small_dataset, "total_kimg=4.8")
+    overrides = _long_overrides("total_kimg=4.8")
     log = tmp_path / "output.log"
-    run_dir = tmp_path / "runs" / "survivor"
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, env=train_env, stdout=stderr, stderr=stderr, text=True
-        )
-        try:
-            # the second checkpoint's folder appears once Ray has committed the first
-            _wait_for(
-                lambda: len(list(run_dir.glob("checkpoint_*"))) > 1, process, "checkpoint", log
-            )
-            os.kill(_train_worker_pids()[-1], signal.SIGKILL)
-            _wait_for(lambda: "resumed at kimg" in log.read_text(), process, "restart", log)
-            _wait_for(lambda: len(_train_worker_pids()) == 2, process, "restarted workers", log)
-            os.kill(_train_worker_pids()[-1], signal.SIGKILL)
-            assert process.wait(timeout=300) == 1
-        finally:
-            process.kill()
+    with _past_first_checkpoint("survivor", overrides, small_dataset, tmp_path, train_env) as run:
+        os.kill(_train_worker_pids()[-1], signal.SIGKILL)
+        _wait_for(lambda: "resumed at kimg" in log.read_text(), run, "restart", log)
+        _wait_for(lambda: len(_train_worker_pids()) == 2, run, "restarted workers", log)
+        os.kill(_train_worker_pids()[-1], signal.SIGKILL)
+        assert run.wait(timeout=300) == 1
     output = log.read_text()
     resumed_at = float(re.search(r"resumed at kimg (\d+\.\d+)", output).group(1))
     assert resumed_at > 0 and (resumed_at / 0.32) == pytest.approx(round(resumed_at / 0.32))
@@ -323,29 +331,19 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     lost host; the run restarts from its latest checkpoint on the remaining node with one
     worker taking the whole global batch (logged), and finishes in the same MLflow run."""
     client, _ = mlflow_client
-    _, command = _long_run("elastic", small_dataset, "total_kimg=1.28", "min_workers=1")
+    overrides = _long_overrides("total_kimg=1.28", "min_workers=1")
     log = tmp_path / "output.log"
-    run_dir = tmp_path / "runs" / "elastic"
     head = ray_cluster.raylets[0]
     # Right after the loss the cluster still lists the lost node's CPU for a moment, so Ray
     # Train first tries 2 workers again and waits this long (default 60 s) before it takes 1.
     env = train_env | {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
     try:
-        with open(log, "w") as output:
-            process = subprocess.Popen(
-                command, cwd=tmp_path, env=env, stdout=output, stderr=output, text=True
-            )
-            try:
-                _wait_for(
-                    lambda: len(list(run_dir.glob("checkpoint_*"))) > 1, process, "checkpoint", log
-                )
-                raylets = {ray_cluster.raylet_of(pid) for pid in _train_worker_pids()}
-                assert len(raylets) == 2 and head in raylets  # one rank per node
-                (lost,) = raylets - {head}
-                ray_cluster.kill_raylet(lost)
-                assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
-            finally:
-                process.kill()
+        with _past_first_checkpoint("elastic", overrides, small_dataset, tmp_path, env) as run:
+            raylets = {ray_cluster.raylet_of(pid) for pid in _train_worker_pids()}
+            assert len(raylets) == 2 and head in raylets  # one rank per node
+            (lost,) = raylets - {head}
+            ray_cluster.kill_raylet(lost)
+            assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         ray_cluster.ensure_nodes(2)  # the next tests find two nodes again
     text = log.read_text()
