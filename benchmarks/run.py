@@ -1,5 +1,5 @@
-"""`make bench`: dataset build, shard reader, synthetic render and training throughput, and the
-launch overhead of `ganforge train`.
+"""`make bench`: dataset build, shard reader, synthetic render and training throughput, the
+launch overhead of `ganforge train`, and the cost of the evaluation metrics.
 
 Writes one JSON file per benchmark under benchmarks/results/ and prints a table. Every build and
 reader figure is a ratio against a baseline measured in the same run (shared, noisy machines);
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCHMARKS = ("synthetic", "build", "reader", "training")
+BENCHMARKS = ("synthetic", "build", "reader", "training", "metrics")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_ENV = "GANFORGE_BENCH_QUICK"
 
@@ -32,6 +32,8 @@ FULL = {
     "train_window_kimg": 8,
     "train_repeats": 2,
     "launch_repeats": 3,
+    "frechet_dimension": 2048,
+    "frechet_repeats": 2,
 }
 QUICK = {
     "synthetic_images": 64,
@@ -44,6 +46,8 @@ QUICK = {
     "train_window_kimg": 2,
     "train_repeats": 1,
     "launch_repeats": 1,
+    "frechet_dimension": 512,
+    "frechet_repeats": 1,
 }
 
 
@@ -73,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "worker vs a bare PyTorch loop on the same networks, 2 workers vs 1, and seconds "
             "from process start to the first training step (split into cluster start, "
             "worker-group start and first step) vs a stock 2-worker TorchTrainer fit that does "
-            "nothing. "
+            "nothing; (5) the Fréchet distance (FID's last step) on 2048-d covariances vs the "
+            "scipy.linalg.sqrtm formula. "
             "Writes BENCH.json files under the results folder and prints a table. Targets are "
             "recorded (meets_target), never enforced: the exit status is 0 unless it crashes."
         ),
@@ -129,6 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--launch-repeats", type=int, metavar="N", help="launches of each kind (median)"
     )
     parser.add_argument(
+        "--frechet-dimension", type=int, metavar="D", help="features of the Fréchet benchmark"
+    )
+    parser.add_argument(
+        "--frechet-repeats", type=int, metavar="N", help="Fréchet distance calls of each kind"
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=RESULTS_DIR,
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.build import set_prefect_env
 
     set_prefect_env()
-    from benchmarks import build, reader, synthetic, training
+    from benchmarks import build, metrics, reader, synthetic, training
     from benchmarks.common import format_table, write_result
 
     run_started = time.perf_counter()
@@ -260,6 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.launch_repeats,
             )
             written.append(write_result(args.results_dir, "training", common | payload))
+            rows += new_rows
+
+        if "metrics" in args.only:
+            print(
+                f"metrics: Fréchet distance at {args.frechet_dimension}-d, ours and scipy sqrtm "
+                f"x{args.frechet_repeats} ..."
+            )
+            payload, new_rows = metrics.run(args.frechet_dimension, args.frechet_repeats)
+            written.append(write_result(args.results_dir, "metrics", common | payload))
             rows += new_rows
 
     print()

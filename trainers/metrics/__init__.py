@@ -1,0 +1,52 @@
+"""GAN metrics registered by name (trainers.metrics.registry); the names are checked here,
+without importing torch, so configs validate before anything heavy loads."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+# name pattern -> what it measures; N thousand generated images
+PATTERNS = {
+    r"fid(\d+)k": "Fréchet Inception distance",
+    r"kid(\d+)k": "kernel Inception distance",
+    r"swd(\d+)k": "multi-scale sliced Wasserstein distance",
+}
+BEGAN_CONVERGENCE = "m_global"
+NAMES_HELP = "fid<N>k, kid<N>k, swd<N>k (N thousand generated images, e.g. fid50k) or m_global"
+
+
+def parse_metric_name(name: str) -> tuple[str, int]:
+    """'fid50k' -> ('fid', 50), 'm_global' -> ('m_global', 0); ValueError listing the names."""
+    if name == BEGAN_CONVERGENCE:
+        return name, 0
+    for pattern in PATTERNS:
+        match = re.fullmatch(pattern, name)
+        if match and int(match[1]) > 0:
+            return pattern[:3], int(match[1])
+    raise ValueError(f"unknown metric {name!r}; registered: {NAMES_HELP}")
+
+
+def check_metric_names(names: list[str]) -> list[str]:
+    """A config's metric list: registered names, each once (pydantic field validators)."""
+    for name in names:
+        parse_metric_name(name)
+    if len(set(names)) < len(names):
+        raise ValueError(f"{names} lists a metric twice")
+    return names
+
+
+class RealStatisticsConfig(BaseModel):
+    """The real_statistics stage (params.yaml section of the same name): the real side of the
+    metrics, computed once per dataset version and cached beside the dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    data: str = "data/quickstart"  # dataset folder written by the build_dataset stage
+    resolutions: list[int] = [32]  # the resolutions the training configs evaluate at
+    metrics: list[str] = ["swd1k"]  # fid<N>k and kid<N>k share one cache: all real images
+
+    @field_validator("metrics")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        return check_metric_names(names)
