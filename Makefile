@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with python3, make and git:
-#   make run   - set up, then build the quickstart dataset through `dvc repro`
+#   make run   - set up, then build the quickstart dataset and its real statistics (`dvc repro`)
 #   make test  - set up, then run the test suite
 SHELL := /bin/bash
 VENV ?= .venv

@@ -199,6 +199,129 @@ def data_verify(
     )
 
 
+@data_app.command("stats")
+def data_stats(
+    params: Annotated[
+        Path,
+        typer.Option(help="Read the real_statistics section of this params file (DVC stage)."),
+    ] = Path("params.yaml"),
+) -> None:
+    """Compute the real side of the configured metrics (Inception features, SWD descriptors)
+    once per dataset version, beside the dataset in <data>.stats/. Metrics that need the
+    Inception weights are skipped with a warning when the weights cannot be had."""
+    from trainers.metrics import RealStatisticsConfig
+
+    try:
+        config = RealStatisticsConfig.model_validate(_params_section(params, "real_statistics"))
+    except (ValueError, ValidationError) as error:
+        raise _fail(str(error), USAGE_ERROR) from None
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from trainers.data.format import DatasetNotFoundError
+    from trainers.metrics.registry import (
+        Evaluation,
+        InceptionWeightsUnavailable,
+        get_metric,
+        statistics_dir,
+    )
+
+    for resolution in config.resolutions:
+        evaluation = Evaluation(torch.nn.Identity(), resolution, Path(config.data))
+        for metric in map(get_metric, config.metrics):
+            try:
+                metric.prepare(evaluation)
+            except InceptionWeightsUnavailable as error:
+                typer.secho(f"warning: {metric.name} skipped: {error}", err=True)
+            except DatasetNotFoundError as error:
+                raise _fail(str(error), USAGE_ERROR) from None
+    typer.echo(f"real statistics of {config.data} in {statistics_dir(config.data)}")
+
+
+@app.command("evaluate")
+def evaluate(
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint folder of a run (checkpoint_*/ under the run).")
+    ],
+    data: Annotated[
+        str | None, typer.Option(help="Dataset folder (default: the one the run trained on).")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated registered names, e.g. fid50k,swd16k "
+            "(default: the run's metrics)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Fixes the generated images.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Measure registered metrics for a checkpoint's generator (its EMA copy where kept) at the
+    resolution it had reached, and print them."""
+    import json
+
+    from trainers.metrics import NAMES_HELP, check_metric_names
+
+    if not (checkpoint / "networks.json").is_file():
+        raise _fail(f"--checkpoint {checkpoint}: not a ganforge checkpoint", USAGE_ERROR)
+    from trainers.config import TrainConfig
+
+    config = TrainConfig.model_validate(json.loads((checkpoint / "config.json").read_text()))
+    names = metrics.split(",") if metrics else list(config.metrics) or ["swd1k"]
+    try:
+        check_metric_names(names)
+    except ValueError as error:
+        raise _fail(f"--metrics: {error}", USAGE_ERROR) from None
+    data = data or config.data
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from trainers.checkpoint import load_networks, read_progress
+    from trainers.data.format import DatasetNotFoundError
+    from trainers.metrics.registry import Evaluation
+    from trainers.metrics.registry import evaluate as measure
+    from trainers.schedule import GrowthSchedule
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    networks = load_networks(checkpoint, device)
+    progress = read_progress(checkpoint)
+    stage = GrowthSchedule(
+        tuple(config.resolutions),
+        getattr(config.model, "fade_kimg", 1.0),
+        getattr(config.model, "stable_kimg", 1.0),
+    ).at(progress.kimg)
+    evaluation = Evaluation(
+        networks["G"],
+        stage.resolution,
+        Path(data),
+        device,
+        seed=seed,
+        fade_alpha=stage.fade_alpha,
+        discriminator=networks["D"],
+        began_gamma=getattr(config.model, "gamma", None),
+    )
+    try:
+        results = measure(names, evaluation)
+    except DatasetNotFoundError as error:
+        raise _fail(str(error), USAGE_ERROR) from None
+    if not results:
+        raise _fail(f"none of {names} could be measured (see the warnings; {NAMES_HELP})", 1)
+    for name, value in results.items():
+        typer.echo(f"{name} {value:.6g}")
+    if out is not None:
+        out.write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(checkpoint),
+                    "kimg": progress.kimg,
+                    "resolution": stage.resolution,
+                    "metrics": results,
+                },
+                indent=2,
+            )
+        )
+
+
 @app.command("train")
 def train(
     config: Annotated[
@@ -284,6 +407,7 @@ def train(
     typer.echo(
         f"trained {result.run_name} to kimg {result.kimg:.3f}; run folder {result.run_dir}; "
         f"checkpoint {result.checkpoint}"
+        + (f"; best checkpoint {result.best_checkpoint}" if result.best_checkpoint else "")
     )
 
 

@@ -12,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# no test downloads the 95 MB Inception weights: FID is skipped (with its warning) unless a
+# test supplies a weights file
+os.environ["GANFORGE_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

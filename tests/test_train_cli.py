@@ -199,6 +199,13 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
         assert {v for _, v in history(client, run, "batch_size")} == {16}
     if family == "began":
         assert all(0 <= k <= 1 for _, k in history(client, run, "k_t"))
+    # the preset's metrics, measured over both ranks at the end (at 16² for ProGAN's tiny run:
+    # one pyramid level); the first ranks the checkpoints and Ray keeps the best
+    measured = {"swd1k", "m_global"} if family == "began" else {"swd1k", "swd1k_16"}
+    assert measured <= set(run.data.metrics)
+    assert run.data.tags["ganforge.score_metric"] == "swd1k"
+    assert run.data.tags["ganforge.best_kimg"] == "0.384"
+    assert "best checkpoint" in result.stdout
 
 
 def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env, tmp_path):

@@ -37,6 +37,8 @@ class Progress:
     batch_per_resolution: dict[int, int] = field(default_factory=dict)  # global, as used
     world_size: int = 1  # ranks that wrote the checkpoint (an elastic resume may differ)
     mlflow_run_id: str | None = None  # a resumed training logs into the same MLflow run
+    best_score: float | None = None  # lowest value of the run's first metric so far
+    best_kimg: float | None = None  # where it was measured
 
     @property
     def kimg(self) -> float:
@@ -111,6 +113,24 @@ def read_rng(directory: Path, rank: int) -> dict | None:
     """This rank's RNG states, or None when the checkpoint came from fewer ranks."""
     path = directory / rng_name(rank)
     return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def load_networks(
+    directory: Path, device: torch.device | str = "cpu"
+) -> dict[str, torch.nn.Module]:
+    """G (its EMA copy when the family keeps one: that is the generator users sample) and D of
+    a checkpoint, rebuilt from networks.json and loaded, in eval mode."""
+    from trainers.networks import build_network
+
+    descriptions = json.loads((directory / NETWORKS_NAME).read_text())
+    state = read_state(directory, device)
+    networks = {}
+    for name, description in descriptions.items():
+        network = build_network(description)
+        weights = state["G_ema"] if name == "G" and state.get("G_ema") else state[name]
+        network.load_state_dict(weights)
+        networks[name] = network.to(device).eval().requires_grad_(False)
+    return networks
 
 
 def read_progress(directory: Path) -> Progress:

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
+from trainers.metrics import BEGAN_CONVERGENCE, check_metric_names
 
 Resolution = Annotated[int, Field(ge=MIN_RESOLUTION, le=MAX_RESOLUTION)]
 Betas = tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
@@ -137,6 +138,12 @@ class TrainConfig(_Strict):
     # FailureConfig); 0 fails on the first error, as a short local run should
     max_failures: int = Field(default=0, ge=0)
     experiment: str = "ganforge"  # MLflow experiment name
+    # metrics by registered name (trainers/metrics: fid50k, kid50k, swd16k, m_global ...),
+    # measured over all ranks every eval_every_kimg and at the end; the first one measured
+    # (FID, say, or SWD listed next for when no Inception weights are at hand) ranks the
+    # checkpoints: the best is kept and marked
+    metrics: list[str] = []
+    eval_every_kimg: float | None = Field(default=None, gt=0)  # None: at the end only
 
     @property
     def resolutions(self) -> list[int]:
@@ -155,9 +162,17 @@ class TrainConfig(_Strict):
         for resolution, batch in self.batch_per_resolution.items():
             if batch < 1:
                 raise ValueError(f"batch_per_resolution[{resolution}] must be ≥ 1, got {batch}")
+        for name in self.metrics:
+            if name == BEGAN_CONVERGENCE and self.model.family != "began":
+                raise ValueError(f"metrics: {name} is BEGAN's; this is a {self.model.family} run")
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError(f"min_workers {self.min_workers} is above workers {self.workers}")
         return self
+
+    @field_validator("metrics")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        return check_metric_names(names)
 
     @property
     def world_sizes(self) -> range:

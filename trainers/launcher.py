@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
@@ -105,6 +106,7 @@ class LaunchResult:
     run_dir: Path
     kimg: float
     checkpoint: Path | None
+    best_checkpoint: Path | None = None  # lowest score (the config's first metric), if measured
 
 
 def check_dataset(config: TrainConfig) -> None:
@@ -299,7 +301,12 @@ def launch(request: LaunchRequest) -> LaunchResult:
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+            # the latest checkpoint is always kept (to resume); with metrics, the best-scored too
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.checkpoints_to_keep,
+                checkpoint_score_attribute="score" if config.metrics else None,
+                checkpoint_score_order="min",
+            ),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             # Ray Train's own lines stay in its log files (<Ray session dir>/logs/train/), off
             # the console: INFO for every resource request, worker group start and checkpoint;
@@ -328,4 +335,8 @@ def launch(request: LaunchRequest) -> LaunchResult:
     from trainers.checkpoint import read_progress
 
     kimg = read_progress(checkpoint).kimg if checkpoint else 0.0
-    return LaunchResult(run_name, storage / run_name, kimg, checkpoint)
+    scored = [
+        (m["score"], Path(c.path)) for c, m in result.best_checkpoints if m["score"] < math.inf
+    ]
+    best = min(scored)[1] if scored else None
+    return LaunchResult(run_name, storage / run_name, kimg, checkpoint, best)

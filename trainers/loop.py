@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import shutil
 import socket
 import sys
@@ -415,12 +416,65 @@ class Trainer:
                 self._log(real.shape[0] * self.world_size)
             if _crossed(before, progress.kimg, config.sample_every_kimg) or done:
                 self.write_samples()
+            if config.metrics and (
+                done or _crossed(before, progress.kimg, config.eval_every_kimg or math.inf)
+            ):
+                self.evaluate_metrics()
             if _crossed(before, progress.kimg, config.checkpoint_every_kimg) or done:
-                self.save_checkpoint({"kimg": progress.kimg})
+                self.save_checkpoint({"kimg": progress.kimg, "score": self._score()})
                 batches = None  # the stream restarts from the next loader_epoch's seed
         if self._bar is not None:
             self._bar.close()
         return progress
+
+    def evaluate_metrics(self) -> dict[str, float]:
+        """The config's metrics on the current generator (G_ema when kept), all ranks taking
+        part; rank 0 logs them. The first metric measured is the run's score: a new lowest
+        marks this kimg as the best (Ray keeps the best-scored checkpoint)."""
+        from trainers.metrics.registry import Evaluation, evaluate
+
+        started = time.perf_counter()
+        evaluation = Evaluation(
+            self.G_ema if self.G_ema is not None else self.G,
+            self.stage.resolution,
+            Path(self.config.data),
+            self.device,
+            seed=self.config.seed,
+            fade_alpha=self.stage.fade_alpha,
+            autocast_dtype=self.options.autocast_dtype,
+            discriminator=self.D,
+            began_gamma=getattr(self.config.model, "gamma", None),
+        )
+        results = evaluate(list(self.config.metrics), evaluation)
+        progress = self.progress
+        gate = next((name for name in self.config.metrics if name in results), None)
+        improved = gate is not None and (
+            progress.best_score is None or results[gate] < progress.best_score
+        )
+        if gate is not None:
+            self._scored = (progress.kimg, results[gate])
+        if improved:
+            progress.best_score, progress.best_kimg = results[gate], progress.kimg
+        if self.rank == 0:
+            log.info(
+                "kimg %.3f metrics (%.1f s): %s%s",
+                progress.kimg,
+                time.perf_counter() - started,
+                ", ".join(f"{k} {v:.4g}" for k, v in results.items()),
+                f"; best {gate} so far" * improved,
+            )
+        if self.logger is not None and results:
+            self.logger.log_metrics(results, progress.images)
+            if improved:
+                self.logger.set_tag("ganforge.score_metric", gate)
+                self.logger.set_tag("ganforge.best_kimg", f"{progress.kimg:.3f}")
+        return results
+
+    def _score(self) -> float:
+        """The score a checkpoint is ranked by: its kimg's first metric (lower is better), or
+        infinity where no metric was measured (Ray keeps the lowest)."""
+        kimg, value = getattr(self, "_scored", (None, math.inf))
+        return value if kimg == self.progress.kimg else math.inf
 
     def _log(self, global_batch: int) -> None:
         """Interval means of the step metrics plus speed and schedule, to MLflow and the bar."""

@@ -10,3 +10,24 @@ returns its autoencoder reconstruction [N, 3, R, R].
 Fixed-resolution networks (DCGAN, BEGAN) accept only their own resolution and ignore
 `fade_alpha`; ProGAN networks run the blocks up to `resolution` and fade in the newest one.
 """
+
+from torch import nn
+
+from trainers.networks import began, dcgan, progan
+
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (
+        dcgan.DCGANGenerator,
+        dcgan.DCGANCritic,
+        began.BEGANGenerator,
+        began.BEGANDiscriminator,
+        progan.ProGANGenerator,
+        progan.ProGANDiscriminator,
+    )
+}
+
+
+def build_network(description: dict) -> nn.Module:
+    """A network from its `{"class": name, "init_kwargs": {...}}` description (networks.json)."""
+    return NETWORK_CLASSES[description["class"]](**description["init_kwargs"])

@@ -1,0 +1,422 @@
+"""Metrics registered by name. A name fixes how its number is measured, as StyleGAN2-ADA's
+`fid50k_full` does: `fid50k` is always 50,000 generated images against every real image of
+the resolution, so two runs' `fid50k` compare.
+
+  fid{N}k   Fréchet Inception distance, N thousand generated images vs all real ones
+  kid{N}k   kernel Inception distance (×10³), same images and features as fid{N}k
+  swd{N}k   ProGAN's multi-scale sliced Wasserstein distance (×10³), N thousand generated vs
+            the first N thousand real images; needs no pretrained weights
+  m_global  BEGAN's convergence measure over every real image and as many generated ones
+
+Work is split over the ranks of the process group (when there is one) in fixed chunks: image
+i always comes from the same latent and the same descriptor draw, so the result does not
+depend on the number of ranks. Every rank returns the same dict, ready for
+`mlflow.log_metrics`. Real-image statistics are cached per dataset version (see
+`real_statistics_path`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainers import distributed
+from trainers.data.format import load_manifest
+from trainers.data.reader import decode_image, to_model_range, ustar_members
+from trainers.metrics import BEGAN_CONVERGENCE, parse_metric_name, swd
+from trainers.metrics.inception import InceptionWeightsUnavailable, load_fid_inception
+from trainers.metrics.statistics import (
+    FeatureStatistics,
+    frechet_distance,
+    kernel_inception_distance,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 50  # images per unit of work; fixes which latent and which RNG draw image i gets
+STATISTICS_VERSION = 1  # bump when the way real statistics are computed changes
+
+
+def statistics_dir(data: str | Path) -> Path:
+    """Where a dataset's real statistics live: beside it, not inside (the dataset folder is
+    one DVC output, the statistics another)."""
+    data = Path(data)
+    return data.parent / f"{data.name}.stats"
+
+
+@dataclass
+class Evaluation:
+    """One generator at one resolution against one dataset; metrics read what they need."""
+
+    generator: nn.Module  # G, or G_ema when the family keeps one
+    resolution: int
+    data: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0  # fixes the latents and every random draw of the metrics
+    fade_alpha: float = 1.0
+    autocast_dtype: torch.dtype | None = None
+    discriminator: nn.Module | None = None  # m_global: BEGAN's autoencoder
+    began_gamma: float | None = None  # m_global: the run's γ
+    # images per unit of work: fixes which latent and RNG draw image i gets (so the ranks'
+    # split does not change the result); part of how every name is measured, tests shrink it
+    chunk_size: int = CHUNK
+    _inception: nn.Module | None = None
+    _fake_features: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return distributed.rank()
+
+    @property
+    def world_size(self) -> int:
+        return distributed.world_size()
+
+    def inception(self) -> nn.Module:
+        if self._inception is None:
+            self._inception = load_fid_inception(self.device)
+        return self._inception
+
+    def fake_chunks(self, count: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(chunk index, generated images [n, 3, R, R] in [-1, 1]) of this rank's chunks."""
+        for chunk in range(self.rank, -(-count // self.chunk_size), self.world_size):
+            size = min(self.chunk_size, count - chunk * self.chunk_size)
+            latents = self.generator.sample_latents(
+                size, torch.Generator(self.device).manual_seed(_seed(self.seed, chunk)), self.device
+            )
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype,
+                    enabled=self.autocast_dtype is not None,
+                ),
+            ):
+                images = self.generator(latents, self.resolution, self.fade_alpha)
+            yield chunk, images.float().clamp(-1, 1)
+
+    def real_chunks(self, limit: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(global chunk index, real images [n, 3, R, R] in [-1, 1]) of this rank's chunks, the
+        dataset's first `limit` images (all by default) in manifest order."""
+        yield from real_chunks(
+            self.data,
+            self.resolution,
+            self.device,
+            limit,
+            self.rank,
+            self.world_size,
+            self.chunk_size,
+        )
+
+    def fake_inception_features(self, count: int) -> torch.Tensor:
+        """[count, 2048] features of `count` generated images; shared by fid and kid."""
+        if count not in self._fake_features:
+            inception = self.inception()
+            self._fake_features[count] = gather_chunks(
+                (chunk, inception(images)) for chunk, images in self.fake_chunks(count)
+            )
+        return self._fake_features[count]
+
+
+def _seed(seed: int, chunk: int, salt: str = "latents") -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}:{seed}:{chunk}".encode()).digest()[:7], "big")
+
+
+def real_chunks(
+    data: Path,
+    resolution: int,
+    device: torch.device,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    chunk_size: int = CHUNK,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Chunks of the dataset's images in manifest order (chunk k: images k·chunk_size ...);
+    rank r decodes chunks r, r + W, ... Evaluation's reader: every image once, no shuffling."""
+    shards = load_manifest(Path(data)).shards_at(resolution)
+    total = sum(s.count for s in shards)
+    limit = total if limit is None else min(limit, total)
+    first = 0  # global index of the shard's first image
+    for shard in shards:
+        wanted = range(max(first, 0), min(first + shard.count, limit))
+        chunks = {i // chunk_size for i in wanted if (i // chunk_size) % world_size == rank}
+        if chunks:
+            with open(Path(data) / shard.path, "rb") as stream:
+                images = [
+                    decode_image(payload)
+                    for name, payload in ustar_members(stream)
+                    if name.endswith(".png")
+                ]
+            yield from _split(first, images, chunks, wanted, chunk_size, device)
+        first += shard.count
+        if first >= limit:
+            break
+
+
+def _split(first, images, chunks, wanted, chunk_size, device):
+    """A decoded shard's images regrouped into global chunks (a chunk may span two shards:
+    its parts come out with the same index and gather_chunks joins them in order)."""
+    for chunk in sorted(chunks):
+        start = max(chunk * chunk_size, wanted.start) - first
+        stop = min((chunk + 1) * chunk_size, wanted.stop) - first
+        if start < stop:
+            yield chunk, to_model_range(torch.stack(images[start:stop])).to(device)
+
+
+def gather_chunks(parts) -> torch.Tensor:
+    """Every rank's (chunk index, tensor) parts, joined in chunk order, on every rank (CPU)."""
+    local = [(chunk, tensor.detach().cpu()) for chunk, tensor in parts]
+    if distributed.world_size() > 1:
+        every: list = [None] * distributed.world_size()
+        dist.all_gather_object(every, local)
+        local = [part for rank_parts in every for part in rank_parts]
+    local.sort(key=lambda part: part[0])  # stable: parts of one chunk keep shard order
+    return torch.cat([tensor for _, tensor in local])
+
+
+def _on_rank0(compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The final distance computed once, by rank 0, and sent to the others (every rank holds
+    the gathered inputs; computing it on each would only add the same CPU work W times)."""
+    if distributed.world_size() == 1:
+        return compute()
+    result = [compute() if distributed.rank() == 0 else None]
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The array at `path`, or computed (on every rank) and written atomically by rank 0. A
+    plain .npy: byte-identical for equal arrays (npz archives stamp the time), so DVC's hash
+    of the statistics stage is reproducible."""
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    array = compute()
+    if distributed.rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as file:
+            np.save(file, array.numpy())
+        os.replace(file.name, path)
+        log.info("real statistics written to %s", path)
+    return array
+
+
+def real_statistics_path(data: Path, resolution: int, settings: str) -> Path:
+    """Keyed by everything that changes the numbers: the dataset version (manifest digest),
+    the resolution and the metric's settings."""
+    digest = load_manifest(Path(data)).digest()
+    key = hashlib.sha256(f"{STATISTICS_VERSION}:{digest}:{resolution}:{settings}".encode())
+    return statistics_dir(data) / f"{resolution}" / f"{settings}-{key.hexdigest()[:16]}.npy"
+
+
+class Metric:
+    name: str
+    needs_inception: bool = False
+
+    def compute(self, evaluation: Evaluation) -> dict[str, float]:
+        raise NotImplementedError
+
+    def prepare(self, evaluation: Evaluation) -> None:
+        """Compute and cache the real side (the `ganforge data stats` stage calls this)."""
+
+
+class _InceptionMetric(Metric):
+    needs_inception = True
+
+    def __init__(self, thousands: int):
+        self.num_fake = thousands * 1000
+
+    def real_features(self, evaluation: Evaluation) -> torch.Tensor:
+        """[all real images, 2048]; one cache file serves every fid and kid name."""
+        path = real_statistics_path(evaluation.data, evaluation.resolution, "inception2015")
+
+        def compute() -> torch.Tensor:
+            inception = evaluation.inception()
+            return gather_chunks(
+                (chunk, inception(images)) for chunk, images in evaluation.real_chunks()
+            )
+
+        return _cached(path, compute)
+
+    def prepare(self, evaluation: Evaluation) -> None:
+        self.real_features(evaluation)
+
+
+class FrechetInceptionDistance(_InceptionMetric):
+    def __init__(self, thousands: int):
+        super().__init__(thousands)
+        self.name = f"fid{thousands}k"
+
+    def compute(self, evaluation: Evaluation) -> dict[str, float]:
+        statistics = []
+        for features in (
+            self.real_features(evaluation),
+            evaluation.fake_inception_features(self.num_fake),
+        ):
+            side = FeatureStatistics(features.shape[1])
+            side.update(features)
+            statistics.append(side)
+        real, fake = statistics
+        return _on_rank0(
+            lambda: {
+                self.name: frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+            }
+        )
+
+
+class KernelInceptionDistance(_InceptionMetric):
+    def __init__(self, thousands: int):
+        super().__init__(thousands)
+        self.name = f"kid{thousands}k"
+
+    def compute(self, evaluation: Evaluation) -> dict[str, float]:
+        real = self.real_features(evaluation)
+        fake = evaluation.fake_inception_features(self.num_fake)
+        generator = torch.Generator().manual_seed(_seed(evaluation.seed, 0, "kid"))
+        return _on_rank0(
+            lambda: {self.name: kernel_inception_distance(real, fake, generator=generator) * 1e3}
+        )
+
+
+class SlicedWassersteinDistance(Metric):
+    def __init__(self, thousands: int):
+        self.num_images = thousands * 1000
+        self.name = f"swd{thousands}k"
+
+    def _descriptors(self, chunks, resolution: int, seed: int, salt: str) -> list[torch.Tensor]:
+        """Per pyramid level, the descriptors of all ranks' chunks, in image order."""
+        per_chunk = [
+            (chunk, swd.swd_descriptors(images, generator=_generator(seed, chunk, salt)))
+            for chunk, images in chunks
+        ]
+        return [
+            gather_chunks((chunk, levels[level]) for chunk, levels in per_chunk)
+            for level in range(len(swd.level_resolutions(resolution)))
+        ]
+
+    def real_descriptors(self, evaluation: Evaluation) -> list[torch.Tensor]:
+        settings = f"{self.name}-chunk{evaluation.chunk_size}"  # chunks seed the draws
+        path = real_statistics_path(evaluation.data, evaluation.resolution, settings)
+
+        def compute() -> torch.Tensor:  # [levels, descriptors, 3, 7, 7]
+            levels = self._descriptors(
+                evaluation.real_chunks(self.num_images), evaluation.resolution, 0, "swd-real"
+            )
+            # float16 halves the cache (swd1k at 32²: 75 MB); Laplacian values are within ±2,
+            # so the rounding (≤ 1e-3) is far below what the per-channel normalization keeps
+            return torch.stack(levels).half()
+
+        return [level.float() for level in _cached(path, compute)]
+
+    def prepare(self, evaluation: Evaluation) -> None:
+        self.real_descriptors(evaluation)
+
+    def compute(self, evaluation: Evaluation) -> dict[str, float]:
+        if evaluation.resolution < swd.LOWEST_RESOLUTION:
+            raise MetricUnavailable(
+                f"its pyramid starts at {swd.LOWEST_RESOLUTION}², this is {evaluation.resolution}²"
+            )
+        real = self.real_descriptors(evaluation)
+        count = real[0].shape[0] // swd.DESCRIPTORS_PER_IMAGE  # fewer when the dataset is small
+        fake = self._descriptors(
+            evaluation.fake_chunks(count), evaluation.resolution, evaluation.seed, "swd-fake"
+        )
+        generator = torch.Generator().manual_seed(_seed(evaluation.seed, 0, "swd"))
+        distances = _on_rank0(
+            lambda: swd.sliced_wasserstein_distance(real, fake, generator=generator)
+        )
+        return {
+            (self.name if key == "swd_avg" else f"{self.name}_{key.removeprefix('swd_')}"): value
+            for key, value in distances.items()
+        }
+
+
+def _generator(seed: int, chunk: int, salt: str) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(seed, chunk, salt))
+
+
+class BEGANConvergence(Metric):
+    """M_global = L(x) + |γ L(x) − L(G(z))| (Berthelot et al. 2017, eq. 5), L the L1
+    reconstruction error of BEGAN's autoencoder discriminator, over every real image and as
+    many generated ones."""
+
+    name = BEGAN_CONVERGENCE
+
+    def compute(self, evaluation: Evaluation) -> dict[str, float]:
+        if evaluation.discriminator is None or evaluation.began_gamma is None:
+            raise MetricUnavailable("m_global is BEGAN's: it needs a BEGAN discriminator and γ")
+        discriminator = evaluation.discriminator
+
+        def errors(chunks) -> torch.Tensor:
+            parts = []
+            for chunk, images in chunks:
+                with torch.no_grad():
+                    reconstruction = discriminator(
+                        images, evaluation.resolution, evaluation.fade_alpha
+                    )
+                parts.append((chunk, (images - reconstruction.float()).abs().mean((1, 2, 3))))
+            return gather_chunks(parts)  # [n] per-image L1
+
+        real = errors(evaluation.real_chunks()).double()
+        fake = errors(evaluation.fake_chunks(len(real))).double()
+        balance = evaluation.began_gamma * real.mean() - fake.mean()
+        return {self.name: float(real.mean() + balance.abs())}
+
+
+class MetricUnavailable(RuntimeError):
+    """A registered metric that cannot be measured here (no Inception weights, wrong family)."""
+
+
+_KINDS: dict[str, Callable[[int], Metric]] = {
+    "fid": FrechetInceptionDistance,
+    "kid": KernelInceptionDistance,
+    "swd": SlicedWassersteinDistance,
+    BEGAN_CONVERGENCE: lambda _: BEGANConvergence(),
+}
+
+
+def get_metric(name: str) -> Metric:
+    """The metric a registered name stands for; ValueError listing the names otherwise."""
+    kind, thousands = parse_metric_name(name)
+    return _KINDS[kind](thousands)
+
+
+def evaluate(names: list[str], evaluation: Evaluation) -> dict[str, float]:
+    """Every named metric that can be measured here, merged into one dict. Inception metrics
+    without the Inception weights are skipped with one warning that says how to supply them:
+    a number from another network is never reported as FID."""
+    results: dict[str, float] = {}
+    networks = [n for n in (evaluation.generator, evaluation.discriminator) if n is not None]
+    modes = [network.training for network in networks]
+    for network in networks:  # batch statistics (and their cross-rank sums) off
+        network.eval()
+    try:
+        for metric in map(get_metric, names):
+            try:
+                results.update(metric.compute(evaluation))
+            except InceptionWeightsUnavailable as error:
+                inception = [n for n in names if get_metric(n).needs_inception]
+                _warn_once(f"{', '.join(inception)} skipped: {error}")
+            except MetricUnavailable as error:
+                _warn_once(f"{metric.name} skipped: {error}")
+    finally:
+        for network, mode in zip(networks, modes, strict=True):
+            network.train(mode)
+    return results
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
