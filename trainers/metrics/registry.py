@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trainers import distributed
-from trainers.data.format import load_manifest
+from trainers.data.format import IMAGE_EXTENSION, load_manifest
 from trainers.data.reader import decode_image, to_model_range, ustar_members
 from trainers.metrics import BEGAN_CONVERGENCE, parse_metric_name, swd
 from trainers.metrics.inception import InceptionWeightsUnavailable, load_fid_inception
@@ -151,25 +151,16 @@ def real_chunks(
         chunks = {i // chunk_size for i in wanted if (i // chunk_size) % world_size == rank}
         if chunks:
             with open(Path(data) / shard.path, "rb") as stream:
-                images = [
-                    decode_image(payload)
-                    for name, payload in ustar_members(stream)
-                    if name.endswith(".png")
-                ]
-            yield from _split(first, images, chunks, wanted, chunk_size, device)
+                encoded = [p for n, p in ustar_members(stream) if n.endswith(IMAGE_EXTENSION)]
+            for chunk in sorted(chunks):  # a chunk across two shards comes in two parts
+                start = max(chunk * chunk_size, wanted.start) - first
+                stop = min((chunk + 1) * chunk_size, wanted.stop) - first
+                if start < stop:  # only this rank's images are decoded
+                    images = torch.stack([decode_image(p) for p in encoded[start:stop]])
+                    yield chunk, to_model_range(images).to(device)
         first += shard.count
         if first >= limit:
             break
-
-
-def _split(first, images, chunks, wanted, chunk_size, device):
-    """A decoded shard's images regrouped into global chunks (a chunk may span two shards:
-    its parts come out with the same index and gather_chunks joins them in order)."""
-    for chunk in sorted(chunks):
-        start = max(chunk * chunk_size, wanted.start) - first
-        stop = min((chunk + 1) * chunk_size, wanted.stop) - first
-        if start < stop:
-            yield chunk, to_model_range(torch.stack(images[start:stop])).to(device)
 
 
 def gather_chunks(parts) -> torch.Tensor:
@@ -179,7 +170,7 @@ def gather_chunks(parts) -> torch.Tensor:
         every: list = [None] * distributed.world_size()
         dist.all_gather_object(every, local)
         local = [part for rank_parts in every for part in rank_parts]
-    local.sort(key=lambda part: part[0])  # stable: parts of one chunk keep shard order
+    local.sort(key=lambda part: part[0])  # stable: the parts of a chunk keep their order
     return torch.cat([tensor for _, tensor in local])
 
 
