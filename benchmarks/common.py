@@ -7,8 +7,10 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,24 @@ def versions() -> dict:
         except ImportError:
             found[name] = None
     return found
+
+
+def alternate(
+    case: str, repeats: int, sides: dict[str, tuple[Callable[[int], dict], str]]
+) -> tuple[list[dict], dict[str, float]]:
+    """Each side (name: (measure round i, the figure it returns)) once per round, in turn, so
+    load drift hits every side alike; returns the rounds and each side's median figure."""
+    rounds = []
+    for i in range(repeats):
+        rounds.append({name: measure(i) for name, (measure, _) in sides.items()})
+        said = ", ".join(
+            f"{name} {rounds[-1][name][key]:.1f} {key}" for name, (_, key) in sides.items()
+        )
+        print(f"  {case} {i + 1}/{repeats}: {said}")
+    medians = {
+        name: statistics.median(r[name][key] for r in rounds) for name, (_, key) in sides.items()
+    }
+    return rounds, medians
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:

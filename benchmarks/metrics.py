@@ -4,10 +4,9 @@ usual scipy.linalg.sqrtm formula, on the same covariances in the same run."""
 
 from __future__ import annotations
 
-import statistics
 import time
 
-from benchmarks.common import Row, figure
+from benchmarks.common import Row, alternate, figure
 
 TARGET_FRECHET_SPEEDUP = 4.0
 SEED = 0
@@ -49,17 +48,10 @@ def feature_gaussians(dimension: int, seed: int) -> tuple:
     return tuple(found)
 
 
-def _timed_alternately(functions: dict, args: tuple, repeats: int) -> dict:
-    """{name: (seconds of each call, value)}, calling the functions in turn in each repeat so that
-    all of them meet the same load on a shared machine."""
-    seconds = {name: [] for name in functions}
-    values = {}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            started = time.perf_counter()
-            values[name] = fn(*args)
-            seconds[name].append(time.perf_counter() - started)
-    return {name: (seconds[name], values[name]) for name in functions}
+def _timed(function, args: tuple) -> dict:
+    started = time.perf_counter()
+    value = function(*args)
+    return {"seconds": time.perf_counter() - started, "value": value}
 
 
 def frechet_case(dimension: int, repeats: int) -> tuple[dict, list[Row]]:
@@ -71,11 +63,18 @@ def frechet_case(dimension: int, repeats: int) -> tuple[dict, list[Row]]:
     warm = feature_gaussians(16, SEED)  # first LAPACK calls, untimed
     frechet_distance(*warm)
     frechet_distance_sqrtm(*warm)
-    timed = _timed_alternately(
-        {"ours": frechet_distance, "sqrtm": frechet_distance_sqrtm}, gaussians, repeats
+    rounds, medians = alternate(
+        "frechet",
+        repeats,
+        {
+            "ours": (lambda i: _timed(frechet_distance, gaussians), "seconds"),
+            "sqrtm": (lambda i: _timed(frechet_distance_sqrtm, gaussians), "seconds"),
+        },
     )
-    (ours_runs, ours), (sqrtm_runs, reference) = timed["ours"], timed["sqrtm"]
-    ours_s, sqrtm_s = statistics.median(ours_runs), statistics.median(sqrtm_runs)
+    ours_s, sqrtm_s = medians["ours"], medians["sqrtm"]
+    ours, reference = rounds[-1]["ours"]["value"], rounds[-1]["sqrtm"]["value"]
+    ours_runs = [r["ours"]["seconds"] for r in rounds]
+    sqrtm_runs = [r["sqrtm"]["seconds"] for r in rounds]
     speedup = figure(1 / ours_s, 1 / sqrtm_s, TARGET_FRECHET_SPEEDUP)
     result = {
         "dimension": dimension,

@@ -22,10 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import Row, figure
+from benchmarks.common import Row, alternate, figure
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = REPO / "configs" / "train" / "wgan_gp.yaml"
@@ -114,24 +113,6 @@ def _ganforge_train(work: Path, run_name: str, overrides: list[str]) -> tuple[fl
     ]
     started, output = _run(command, _environment(f"sqlite:///{work / 'mlflow.db'}"), work)
     return started, output, time.time() - started
-
-
-def _alternate(
-    case: str, repeats: int, sides: dict[str, tuple[Callable[[int], dict], str]]
-) -> tuple[list[dict], dict[str, float]]:
-    """Each side (name: (measure round i, the figure it returns)) once per round, in turn, so
-    load drift hits every side alike; returns the rounds and each side's median figure."""
-    rounds = []
-    for i in range(repeats):
-        rounds.append({name: measure(i) for name, (measure, _) in sides.items()})
-        said = ", ".join(
-            f"{name} {rounds[-1][name][key]:.1f} {key}" for name, (_, key) in sides.items()
-        )
-        print(f"  {case} {i + 1}/{repeats}: {said}")
-    medians = {
-        name: statistics.median(r[name][key] for r in rounds) for name, (_, key) in sides.items()
-    }
-    return rounds, medians
 
 
 def bytecode_cached() -> bool:
@@ -233,7 +214,7 @@ def throughput_case(work: Path, repeats: int, window_kimg: float) -> tuple[dict,
     config = load_train_config(PRESET)
     batch_size = config.batch_per_resolution[config.model.resolution]
     steps = round(window_kimg * 1000 / batch_size)
-    rounds, medians = _alternate(
+    rounds, medians = alternate(
         "throughput",
         repeats,
         {
@@ -312,7 +293,7 @@ def ganforge_launch(work: Path, run_name: str) -> dict:
 
 
 def launch_case(work: Path, repeats: int) -> tuple[dict, Row]:
-    rounds, medians = _alternate(
+    rounds, medians = alternate(
         "launch",
         repeats,
         {
