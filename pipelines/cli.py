@@ -250,7 +250,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma-separated registered names, e.g. fid50k,swd16k "
-            "(default: the run's metrics)."
+            "(default: the run's metrics, swd1k if it lists none)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Fixes the generated images.")] = 0,
@@ -280,16 +280,11 @@ def evaluate(
     from trainers.data.format import DatasetNotFoundError
     from trainers.metrics.registry import Evaluation
     from trainers.metrics.registry import evaluate as measure
-    from trainers.schedule import GrowthSchedule
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     networks = load_networks(checkpoint, device)
     progress = read_progress(checkpoint)
-    stage = GrowthSchedule(
-        tuple(config.resolutions),
-        getattr(config.model, "fade_kimg", 1.0),
-        getattr(config.model, "stable_kimg", 1.0),
-    ).at(progress.kimg)
+    stage = config.growth_schedule.at(progress.kimg)
     evaluation = Evaluation(
         networks["G"],
         stage.resolution,

@@ -206,6 +206,15 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     assert run.data.tags["ganforge.score_metric"] == "swd1k"
     assert run.data.tags["ganforge.best_kimg"] == "0.384"
     assert "best checkpoint" in result.stdout
+    if family == "began":  # `ganforge evaluate` of that checkpoint measures what training did
+        best = re.search(r"best checkpoint (\S+)", result.stdout)[1]
+        out = tmp_path / "metrics.json"
+        evaluated = ganforge(
+            "evaluate", "--checkpoint", best, "--out", str(out), env=train_env, timeout=300
+        )
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        logged = {k: run.data.metrics[k] for k in ("swd1k", "swd1k_32", "swd1k_16", "m_global")}
+        assert json.loads(out.read_text())["metrics"] == pytest.approx(logged, rel=1e-6)
 
 
 def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env, tmp_path):

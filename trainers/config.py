@@ -21,6 +21,7 @@ from pydantic import (
 
 from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
 from trainers.metrics import BEGAN_CONVERGENCE, check_metric_names
+from trainers.schedule import GrowthSchedule
 
 Resolution = Annotated[int, Field(ge=MIN_RESOLUTION, le=MAX_RESOLUTION)]
 Betas = tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
@@ -195,6 +196,15 @@ class TrainConfig(_Strict):
                 f"not a multiple of mbstd_group_size {group}"
             )
         return per_worker
+
+    @property
+    def growth_schedule(self) -> GrowthSchedule:
+        """Resolution and fade-in at any kimg (one stage for the fixed-resolution families)."""
+        return GrowthSchedule(
+            tuple(self.resolutions),
+            getattr(self.model, "fade_kimg", 1.0),
+            getattr(self.model, "stable_kimg", 1.0),
+        )
 
     def lr_at(self, resolution: int) -> float:
         return self.lr_per_resolution.get(resolution, self.model.lr)

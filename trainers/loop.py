@@ -41,7 +41,7 @@ from trainers.ema import update_ema
 from trainers.families import Family, build_family
 from trainers.losses.base import StepState
 from trainers.sampling import generate, write_grid
-from trainers.schedule import GrowthSchedule, Stage
+from trainers.schedule import Stage
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,7 @@ class Trainer:
         self.G_ema = None
         if self.family.ema_beta is not None:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.schedule = GrowthSchedule(
-            tuple(config.resolutions),
-            getattr(config.model, "fade_kimg", 1.0),
-            getattr(config.model, "stable_kimg", 1.0),
-        )
+        self.schedule = config.growth_schedule
         self.progress = Progress()
         # alike on every rank: each takes its rows of the global draw (StepState.rows)
         self.latent_generator = torch.Generator(self.device).manual_seed(config.seed * 7919)
@@ -416,21 +412,23 @@ class Trainer:
                 self._log(real.shape[0] * self.world_size)
             if _crossed(before, progress.kimg, config.sample_every_kimg) or done:
                 self.write_samples()
+            score = math.inf  # a checkpoint without a measurement here ranks last
             if config.metrics and (
                 done or _crossed(before, progress.kimg, config.eval_every_kimg or math.inf)
             ):
-                self.evaluate_metrics()
+                score = self.evaluate_metrics()
             if _crossed(before, progress.kimg, config.checkpoint_every_kimg) or done:
-                self.save_checkpoint({"kimg": progress.kimg, "score": self._score()})
+                self.save_checkpoint({"kimg": progress.kimg, "score": score})
                 batches = None  # the stream restarts from the next loader_epoch's seed
         if self._bar is not None:
             self._bar.close()
         return progress
 
-    def evaluate_metrics(self) -> dict[str, float]:
+    def evaluate_metrics(self) -> float:
         """The config's metrics on the current generator (G_ema when kept), all ranks taking
-        part; rank 0 logs them. The first metric measured is the run's score: a new lowest
-        marks this kimg as the best (Ray keeps the best-scored checkpoint)."""
+        part; rank 0 logs them. Returns the score, the first metric measured (infinity if
+        none was): a new lowest marks this kimg as the best, and Ray keeps the best-scored
+        checkpoint."""
         from trainers.metrics.registry import Evaluation, evaluate
 
         started = time.perf_counter()
@@ -451,8 +449,6 @@ class Trainer:
         improved = gate is not None and (
             progress.best_score is None or results[gate] < progress.best_score
         )
-        if gate is not None:
-            self._scored = (progress.kimg, results[gate])
         if improved:
             progress.best_score, progress.best_kimg = results[gate], progress.kimg
         if self.rank == 0:
@@ -468,13 +464,7 @@ class Trainer:
             if improved:
                 self.logger.set_tag("ganforge.score_metric", gate)
                 self.logger.set_tag("ganforge.best_kimg", f"{progress.kimg:.3f}")
-        return results
-
-    def _score(self) -> float:
-        """The score a checkpoint is ranked by: its kimg's first metric (lower is better), or
-        infinity where no metric was measured (Ray keeps the lowest)."""
-        kimg, value = getattr(self, "_scored", (None, math.inf))
-        return value if kimg == self.progress.kimg else math.inf
+        return results[gate] if gate is not None else math.inf
 
     def _log(self, global_batch: int) -> None:
         """Interval means of the step metrics plus speed and schedule, to MLflow and the bar."""

@@ -7,12 +7,9 @@ import re
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-# name pattern -> what it measures; N thousand generated images
-PATTERNS = {
-    r"fid(\d+)k": "Fréchet Inception distance",
-    r"kid(\d+)k": "kernel Inception distance",
-    r"swd(\d+)k": "multi-scale sliced Wasserstein distance",
-}
+from trainers.data.format import check_resolution
+
+NAME_PATTERN = re.compile(r"(fid|kid|swd)([1-9][0-9]*)k")  # N thousand generated images
 BEGAN_CONVERGENCE = "m_global"
 NAMES_HELP = "fid<N>k, kid<N>k, swd<N>k (N thousand generated images, e.g. fid50k) or m_global"
 
@@ -21,10 +18,9 @@ def parse_metric_name(name: str) -> tuple[str, int]:
     """'fid50k' -> ('fid', 50), 'm_global' -> ('m_global', 0); ValueError listing the names."""
     if name == BEGAN_CONVERGENCE:
         return name, 0
-    for pattern in PATTERNS:
-        match = re.fullmatch(pattern, name)
-        if match and int(match[1]) > 0:
-            return pattern[:3], int(match[1])
+    match = NAME_PATTERN.fullmatch(name)
+    if match:
+        return match[1], int(match[2])
     raise ValueError(f"unknown metric {name!r}; registered: {NAMES_HELP}")
 
 
@@ -50,3 +46,8 @@ class RealStatisticsConfig(BaseModel):
     @classmethod
     def _registered(cls, names: list[str]) -> list[str]:
         return check_metric_names(names)
+
+    @field_validator("resolutions")
+    @classmethod
+    def _in_the_pyramid(cls, resolutions: list[int]) -> list[int]:
+        return [check_resolution(resolution) for resolution in resolutions]

@@ -270,7 +270,9 @@ def _offline() -> bool:
 
 
 def _download(url: str, destination: Path) -> None:
-    """Download `url` into `destination` atomically; only a file with WEIGHTS_SHA256 stays."""
+    """Download `url` into `destination` atomically; only a file with WEIGHTS_SHA256 stays.
+    Not torch.hub.download_url_to_file: it has no timeout, so a firewall that drops packets
+    would hang an evaluation instead of skipping FID."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(
         prefix=f".{destination.name}.", suffix=".part", dir=destination.parent

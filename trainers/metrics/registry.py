@@ -247,20 +247,20 @@ class FrechetInceptionDistance(_InceptionMetric):
         self.name = f"fid{thousands}k"
 
     def compute(self, evaluation: Evaluation) -> dict[str, float]:
-        statistics = []
-        for features in (
-            self.real_features(evaluation),
-            evaluation.fake_inception_features(self.num_fake),
-        ):
-            side = FeatureStatistics(features.shape[1])
-            side.update(features)
-            statistics.append(side)
-        real, fake = statistics
-        return _on_rank0(
-            lambda: {
-                self.name: frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+        real = self.real_features(evaluation)
+        fake = evaluation.fake_inception_features(self.num_fake)
+
+        def distance() -> dict[str, float]:
+            real_side, fake_side = (FeatureStatistics(real.shape[1]) for _ in range(2))
+            real_side.update(real)
+            fake_side.update(fake)
+            return {
+                self.name: frechet_distance(
+                    real_side.mean, real_side.covariance, fake_side.mean, fake_side.covariance
+                )
             }
-        )
+
+        return _on_rank0(distance)
 
 
 class KernelInceptionDistance(_InceptionMetric):
