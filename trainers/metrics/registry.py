@@ -220,10 +220,14 @@ class Metric:
 
 
 class _InceptionMetric(Metric):
+    """A distance between the Inception features of the real and the generated images."""
+
     needs_inception = True
+    kind: str  # the name's prefix
 
     def __init__(self, thousands: int):
         self.num_fake = thousands * 1000
+        self.name = f"{self.kind}{thousands}k"
 
     def real_features(self, evaluation: Evaluation) -> torch.Tensor:
         """[all real images, 2048]; one cache file serves every fid and kid name."""
@@ -240,41 +244,33 @@ class _InceptionMetric(Metric):
     def prepare(self, evaluation: Evaluation) -> None:
         self.real_features(evaluation)
 
-
-class FrechetInceptionDistance(_InceptionMetric):
-    def __init__(self, thousands: int):
-        super().__init__(thousands)
-        self.name = f"fid{thousands}k"
-
     def compute(self, evaluation: Evaluation) -> dict[str, float]:
         real = self.real_features(evaluation)
         fake = evaluation.fake_inception_features(self.num_fake)
+        return _on_rank0(lambda: {self.name: self.distance(real, fake, evaluation.seed)})
 
-        def distance() -> dict[str, float]:
-            real_side, fake_side = (FeatureStatistics(real.shape[1]) for _ in range(2))
-            real_side.update(real)
-            fake_side.update(fake)
-            return {
-                self.name: frechet_distance(
-                    real_side.mean, real_side.covariance, fake_side.mean, fake_side.covariance
-                )
-            }
+    def distance(self, real: torch.Tensor, fake: torch.Tensor, seed: int) -> float:
+        raise NotImplementedError
 
-        return _on_rank0(distance)
+
+class FrechetInceptionDistance(_InceptionMetric):
+    kind = "fid"
+
+    def distance(self, real: torch.Tensor, fake: torch.Tensor, seed: int) -> float:
+        real_side, fake_side = (FeatureStatistics(real.shape[1]) for _ in range(2))
+        real_side.update(real)
+        fake_side.update(fake)
+        return frechet_distance(
+            real_side.mean, real_side.covariance, fake_side.mean, fake_side.covariance
+        )
 
 
 class KernelInceptionDistance(_InceptionMetric):
-    def __init__(self, thousands: int):
-        super().__init__(thousands)
-        self.name = f"kid{thousands}k"
+    kind = "kid"
 
-    def compute(self, evaluation: Evaluation) -> dict[str, float]:
-        real = self.real_features(evaluation)
-        fake = evaluation.fake_inception_features(self.num_fake)
-        generator = torch.Generator().manual_seed(_seed(evaluation.seed, 0, "kid"))
-        return _on_rank0(
-            lambda: {self.name: kernel_inception_distance(real, fake, generator=generator) * 1e3}
-        )
+    def distance(self, real: torch.Tensor, fake: torch.Tensor, seed: int) -> float:
+        generator = torch.Generator().manual_seed(_seed(seed, 0, "kid"))
+        return kernel_inception_distance(real, fake, generator=generator) * 1e3  # reported ×10³
 
 
 class SlicedWassersteinDistance(Metric):
