@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from trainers.config import TrainConfig
 from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manifest
+from trainers.metrics import UNSCORED
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
 
     kimg = read_progress(checkpoint).kimg if checkpoint else 0.0
     scored = [
-        (m["score"], Path(c.path)) for c, m in result.best_checkpoints if m["score"] < math.inf
+        (m["score"], Path(c.path)) for c, m in result.best_checkpoints if m["score"] < UNSCORED
     ]
     best = min(scored)[1] if scored else None
     return LaunchResult(run_name, storage / run_name, kimg, checkpoint, best)

@@ -40,6 +40,7 @@ from trainers.data.reader import ShardReader
 from trainers.ema import update_ema
 from trainers.families import Family, build_family
 from trainers.losses.base import StepState
+from trainers.metrics import UNSCORED
 from trainers.sampling import generate, write_grid
 from trainers.schedule import Stage
 
@@ -412,7 +413,7 @@ class Trainer:
                 self._log(real.shape[0] * self.world_size)
             if _crossed(before, progress.kimg, config.sample_every_kimg) or done:
                 self.write_samples()
-            score = math.inf  # a checkpoint without a measurement here ranks last
+            score = UNSCORED
             if config.metrics and (
                 done or _crossed(before, progress.kimg, config.eval_every_kimg or math.inf)
             ):
@@ -426,7 +427,7 @@ class Trainer:
 
     def evaluate_metrics(self) -> float:
         """The config's metrics on the current generator (G_ema when kept), all ranks taking
-        part; rank 0 logs them. Returns the score, the first metric measured (infinity if
+        part; rank 0 logs them. Returns the score, the first metric measured (UNSCORED if
         none was): a new lowest marks this kimg as the best, and Ray keeps the best-scored
         checkpoint."""
         from trainers.metrics.registry import Evaluation, evaluate
@@ -464,7 +465,7 @@ class Trainer:
             if improved:
                 self.logger.set_tag("ganforge.score_metric", gate)
                 self.logger.set_tag("ganforge.best_kimg", f"{progress.kimg:.3f}")
-        return results[gate] if gate is not None else math.inf
+        return results[gate] if gate is not None else UNSCORED
 
     def _log(self, global_batch: int) -> None:
         """Interval means of the step metrics plus speed and schedule, to MLflow and the bar."""

@@ -4,6 +4,7 @@ without importing torch, so configs validate before anything heavy loads."""
 from __future__ import annotations
 
 import re
+import sys
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -11,6 +12,10 @@ from trainers.data.format import check_resolution
 
 NAME_PATTERN = re.compile(r"(fid|kid|swd)([1-9][0-9]*)k")  # N thousand generated images
 BEGAN_CONVERGENCE = "m_global"
+# The score of a checkpoint no metric was measured at: last under Ray's "min" order. Finite,
+# because Ray's checkpoint-manager snapshot is JSON, where infinity becomes null and a resumed
+# run then fails comparing scores.
+UNSCORED = sys.float_info.max
 NAMES_HELP = "fid<N>k, kid<N>k, swd<N>k (N thousand generated images, e.g. fid50k) or m_global"
 
 
