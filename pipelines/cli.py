@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+
+if TYPE_CHECKING:
+    import torch
 
 app = typer.Typer(
     help="ganforge: build GAN datasets, train, evaluate and release generators.",
@@ -238,11 +242,86 @@ def data_stats(
     typer.echo(f"real statistics of {config.data} in {statistics_dir(config.data)}")
 
 
+def _tracking_uri() -> str:
+    from trainers.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+@dataclass
+class _Source:
+    """The generator of --checkpoint or --model, at the stage it is sampled at."""
+
+    generator: torch.nn.Module
+    resolution: int
+    fade_alpha: float
+    data: str
+    metrics: list[str]  # the run's configured metrics
+    kimg: float
+    discriminator: torch.nn.Module | None = None  # a checkpoint's (BEGAN's m_global needs it)
+    began_gamma: float | None = None
+
+
+def _load_source(checkpoint: Path | None, model: str | None, device) -> _Source:
+    """Exactly one of --checkpoint and --model; exits 2 naming a bad one."""
+    if (checkpoint is None) == (model is None):
+        raise _fail("give exactly one of --checkpoint DIR and --model URI", USAGE_ERROR)
+    if model is not None:
+        from pipelines.registry import RegistryError, load_generator
+
+        try:
+            loaded = load_generator(model, _tracking_uri())
+        except RegistryError as error:
+            raise _fail(str(error), USAGE_ERROR) from None
+        meta = loaded.metadata
+        return _Source(
+            loaded.generator.to(device),
+            meta["resolution"],
+            meta["fade_alpha"],
+            meta["data"],
+            meta["metrics"],
+            meta["kimg"],
+        )
+    import json
+
+    from trainers.checkpoint import CONFIG_NAME, NETWORKS_NAME, load_networks, read_progress
+    from trainers.config import TrainConfig
+
+    if not (checkpoint / NETWORKS_NAME).is_file():
+        raise _fail(f"--checkpoint {checkpoint}: not a ganforge checkpoint", USAGE_ERROR)
+    config = TrainConfig.model_validate(json.loads((checkpoint / CONFIG_NAME).read_text()))
+    networks = load_networks(checkpoint, device)
+    progress = read_progress(checkpoint)
+    stage = config.growth_schedule.at(progress.kimg)
+    return _Source(
+        networks["G"],
+        stage.resolution,
+        stage.fade_alpha,
+        config.data,
+        list(config.metrics),
+        progress.kimg,
+        networks["D"],
+        getattr(config.model, "gamma", None),
+    )
+
+
+CheckpointOption = Annotated[
+    Path | None, typer.Option(help="Checkpoint folder of a run (checkpoint_*/ under the run).")
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A registered (or logged) generator, e.g. "
+        "models:/ganforge-progan-quickstart-32@champion, from MLFLOW_TRACKING_URI "
+        "(default ./mlflow.db)."
+    ),
+]
+
+
 @app.command("evaluate")
 def evaluate(
-    checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint folder of a run (checkpoint_*/ under the run).")
-    ],
+    checkpoint: CheckpointOption = None,
+    model: ModelOption = None,
     data: Annotated[
         str | None, typer.Option(help="Dataset folder (default: the one the run trained on).")
     ] = None,
@@ -256,44 +335,36 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Fixes the generated images.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """Measure registered metrics for a checkpoint's generator (its EMA copy where kept) at the
-    resolution it had reached, and print them."""
+    """Measure registered metrics for a checkpoint's generator (its EMA copy where kept, at the
+    resolution it had reached) or a registered model's, and print them."""
     import json
 
     from trainers.metrics import NAMES_HELP, check_metric_names
 
-    if not (checkpoint / "networks.json").is_file():
-        raise _fail(f"--checkpoint {checkpoint}: not a ganforge checkpoint", USAGE_ERROR)
-    from trainers.config import TrainConfig
-
-    config = TrainConfig.model_validate(json.loads((checkpoint / "config.json").read_text()))
-    names = metrics.split(",") if metrics else list(config.metrics) or ["swd1k"]
-    try:
-        check_metric_names(names)
-    except ValueError as error:
-        raise _fail(f"--metrics: {error}", USAGE_ERROR) from None
-    data = data or config.data
+    if metrics:
+        try:
+            check_metric_names(metrics.split(","))
+        except ValueError as error:
+            raise _fail(f"--metrics: {error}", USAGE_ERROR) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from trainers.checkpoint import load_networks, read_progress
     from trainers.data.format import DatasetNotFoundError
     from trainers.metrics.registry import Evaluation
     from trainers.metrics.registry import evaluate as measure
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    networks = load_networks(checkpoint, device)
-    progress = read_progress(checkpoint)
-    stage = config.growth_schedule.at(progress.kimg)
+    source = _load_source(checkpoint, model, device)
+    names = metrics.split(",") if metrics else source.metrics or ["swd1k"]
     evaluation = Evaluation(
-        networks["G"],
-        stage.resolution,
-        Path(data),
+        source.generator,
+        source.resolution,
+        Path(data or source.data),
         device,
         seed=seed,
-        fade_alpha=stage.fade_alpha,
-        discriminator=networks["D"],
-        began_gamma=getattr(config.model, "gamma", None),
+        fade_alpha=source.fade_alpha,
+        discriminator=source.discriminator,
+        began_gamma=source.began_gamma,
     )
     try:
         results = measure(names, evaluation)
@@ -304,17 +375,54 @@ def evaluate(
     for name, value in results.items():
         typer.echo(f"{name} {value:.6g}")
     if out is not None:
-        out.write_text(
-            json.dumps(
-                {
-                    "checkpoint": str(checkpoint),
-                    "kimg": progress.kimg,
-                    "resolution": stage.resolution,
-                    "metrics": results,
-                },
-                indent=2,
-            )
-        )
+        report = {
+            "checkpoint" if checkpoint else "model": str(checkpoint or model),
+            "kimg": source.kimg,
+            "resolution": source.resolution,
+            "metrics": results,
+        }
+        out.write_text(json.dumps(report, indent=2))
+
+
+@app.command("sample")
+def sample(
+    out: Annotated[Path, typer.Option(help="PNG file to write the grid to.")],
+    checkpoint: CheckpointOption = None,
+    model: ModelOption = None,
+    num: Annotated[int, typer.Option(min=1, max=1024, help="Images in the grid.")] = 64,
+    seed: Annotated[int, typer.Option(help="Fixes the latents: same seed, same images.")] = 0,
+) -> None:
+    """Write a grid of generated images. The same --seed gives the same latents for a
+    checkpoint and for the model registered from it, so their grids match."""
+    import torch
+
+    from trainers.sampling import LatentSampler, seeded_latents, write_grid
+
+    source = _load_source(checkpoint, model, torch.device("cpu"))
+    latents = seeded_latents(num, source.generator.latent_dim, seed)
+    with torch.inference_mode():
+        images = LatentSampler(source.generator, source.resolution, source.fade_alpha)(latents)
+    write_grid(images, out)
+    typer.echo(f"wrote {out}: {num} images at {source.resolution}² (kimg {source.kimg:.3f})")
+
+
+@app.command("promote")
+def promote(
+    name: Annotated[str, typer.Argument(metavar="MODEL_NAME", help="Registered model name.")],
+    version: Annotated[str, typer.Option(help="The version to make champion.")],
+) -> None:
+    """Move the `champion` alias to --version only when its gate metric (the run's first
+    measured metric, e.g. fid50k or swd1k; lower is better) beats the current champion's;
+    otherwise exit 1 printing both numbers."""
+    from pipelines.registry import GateRefused, RegistryError
+    from pipelines.registry import promote as gate
+
+    try:
+        typer.echo(gate(name, version, _tracking_uri()))
+    except RegistryError as error:
+        raise _fail(str(error), USAGE_ERROR) from None
+    except GateRefused as error:
+        raise _fail(str(error), RUNTIME_ERROR) from None
 
 
 @app.command("train")

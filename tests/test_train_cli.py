@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO, ganforge
 from trainers.config import load_train_config
+from trainers.data.format import load_manifest
 
 PRESETS = sorted((REPO / "configs" / "train").rglob("*.yaml"))
 QUICKSTART = REPO / "configs" / "train"
@@ -184,6 +186,16 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     assert run.data.params["workers"] == "2"
     nodes = json.loads(run.data.tags["ganforge.nodes"])  # the node id of each rank
     assert len(nodes) == 2 and nodes[0] != nodes[1]
+    # lineage: the code's commit, the dataset version, the cluster shape, package versions
+    tags = run.data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert tags["ganforge.git.commit"] == head.stdout.strip()
+    assert tags["ganforge.git.dirty"] in ("true", "false")
+    assert tags["ganforge.data.digest"] == load_manifest(small_dataset).digest()
+    assert tags["ganforge.data.dvc_md5"] == "untracked"  # a test dataset, not a DVC output
+    cluster = {"nodes": "2", "workers": "2", "gpus": "0"}
+    assert {k: tags[f"ganforge.cluster.{k}"] for k in cluster} == cluster
+    assert tags["ganforge.version.torch"] == torch.__version__
     common = {"kimg", "images_per_second", "seconds_per_kimg", "resolution", "batch_size"}
     assert FAMILY_METRICS[family] | common <= set(run.data.metrics)
     assert run.data.metrics["kimg"] == pytest.approx(0.384)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trainers.config import TrainConfig
 from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manifest
+from trainers.lineage import lineage_tags
 from trainers.metrics import UNSCORED
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ LOCAL_RAY_ENVIRONMENT = {
     # Ray Train's Prometheus metrics, which only a dashboard (off here) would show.
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
+MLFLOW_PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another
 LAUNCH_MARK = "%s at %.3f (unix time)"  # the launch timeline `make bench` splits
 
 
@@ -98,6 +100,7 @@ class LaunchRequest:
     stop_kimg: float | None = None  # stop here (with a checkpoint) instead of total_kimg
     tracking_uri: str | None = None  # MLflow store; None: MLFLOW_TRACKING_URI or ./mlflow.db
     progress_bar: bool = True
+    parent_run_id: str | None = None  # MLflow run this one nests under (a pipeline's)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class LaunchResult:
     kimg: float
     checkpoint: Path | None
     best_checkpoint: Path | None = None  # lowest score (the config's first metric), if measured
+    mlflow_run_id: str | None = None
 
 
 def check_dataset(config: TrainConfig) -> None:
@@ -212,6 +216,7 @@ def _train_worker(payload: dict) -> None:
         tracking_uri=payload["tracking_uri"],
         run_name=payload["run_name"],
         progress_bar=payload["progress_bar"],
+        tags=payload["tags"],
     )
     session = _RaySession(Path(payload["run_dir"]))
     trainer = Trainer(TrainConfig.model_validate(payload["config"]), options, session)
@@ -276,8 +281,12 @@ def launch(request: LaunchRequest) -> LaunchResult:
     import ray.train
     from ray.train.torch import TorchConfig  # imports torch: after the cluster has started
 
+    tags = lineage_tags(config.data, Path(__file__).parent)  # the code is where this file is
+    if request.parent_run_id:
+        tags[MLFLOW_PARENT_RUN_TAG] = request.parent_run_id
     payload = {
         "config": config.model_dump(mode="json"),
+        "tags": tags,
         "use_gpu": request.use_gpu,
         "stop_kimg": request.stop_kimg,
         "run_dir": str(storage / run_name),
@@ -334,9 +343,16 @@ def launch(request: LaunchRequest) -> LaunchResult:
     checkpoint = Path(result.checkpoint.path) if result.checkpoint else None
     from trainers.checkpoint import read_progress
 
-    kimg = read_progress(checkpoint).kimg if checkpoint else 0.0
+    progress = read_progress(checkpoint) if checkpoint else None
     scored = [
         (m["score"], Path(c.path)) for c, m in result.best_checkpoints if m["score"] < UNSCORED
     ]
     best = min(scored)[1] if scored else None
-    return LaunchResult(run_name, storage / run_name, kimg, checkpoint, best)
+    return LaunchResult(
+        run_name,
+        storage / run_name,
+        progress.kimg if progress else 0.0,
+        checkpoint,
+        best,
+        progress.mlflow_run_id if progress else None,
+    )

@@ -39,6 +39,7 @@ from trainers.config import TrainConfig
 from trainers.data.reader import ShardReader
 from trainers.ema import update_ema
 from trainers.families import Family, build_family
+from trainers.lineage import cluster_tags
 from trainers.losses.base import StepState
 from trainers.metrics import UNSCORED
 from trainers.sampling import generate, write_grid
@@ -99,6 +100,7 @@ class RunOptions:
     run_dir: Path | None = None  # rank 0 writes sample grids under run_dir/samples
     tracking_uri: str | None = None  # MLflow store rank 0 logs to; None logs nothing
     run_name: str = "ganforge"  # MLflow run name of a new run
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of the run (its lineage)
     progress_bar: bool = True
     # NHWC activations and conv weights: cuDNN's bf16 tensor-core convs want them (on CUDA by
     # default); on CPU the default layout is faster
@@ -195,7 +197,10 @@ class Trainer:
                 self.progress.mlflow_run_id,
                 config.model_dump(mode="json"),
             )
-            self.logger.set_tag("ganforge.nodes", json.dumps(self.nodes))
+            gpus = int(self.device.type == "cuda")
+            shape = cluster_tags(len(set(self.nodes)), self.world_size, gpus_per_worker=gpus)
+            # lineage and cluster shape; a resumed run's are updated to the current ones
+            self.logger.set_tags(options.tags | shape | {"ganforge.nodes": json.dumps(self.nodes)})
 
     # -- state ------------------------------------------------------------------------------
 

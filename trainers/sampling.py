@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
+
+from trainers.networks.layers import normal_latents
 
 GRID_CELL_MIN_PIXELS = 64  # small resolutions are enlarged (nearest) so a grid stays legible
 
@@ -51,3 +54,46 @@ def write_grid(images: torch.Tensor, path: Path) -> Path:
     columns = max(1, int(round(len(images) ** 0.5)))
     image_grid(images, columns).save(path)
     return path
+
+
+class LatentSampler(nn.Module):
+    """What the model registry holds: a generator fixed at one resolution and fade-in, called
+    on latents alone. [N, latent_dim] float32 ~ N(0, 1) -> [N, 3, R, R] float32 images in
+    [-1, 1]. MLflow exports it with torch.export, so loading it needs torch, not ganforge."""
+
+    def __init__(self, generator: nn.Module, resolution: int, fade_alpha: float = 1.0):
+        super().__init__()
+        self.generator = generator
+        self.resolution, self.fade_alpha = resolution, fade_alpha
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.generator(latents, self.resolution, self.fade_alpha).clamp(-1, 1)
+
+
+class FixedStageGenerator(nn.Module):
+    """A sampler loaded from the registry behind the training generators' interface
+    (`sample_latents`, `forward(z, resolution, fade_alpha)`), so metrics and grids take it as
+    they take G."""
+
+    def __init__(self, sampler: nn.Module, latent_dim: int, resolution: int):
+        super().__init__()
+        self.sampler, self.latent_dim, self.resolution = sampler, latent_dim, resolution
+
+    def sample_latents(
+        self, n: int, generator: torch.Generator, device: torch.device | str
+    ) -> torch.Tensor:
+        return normal_latents(n, self.latent_dim, generator, device)
+
+    def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
+        if resolution != self.resolution:
+            raise ValueError(f"this model generates {self.resolution}², not {resolution}²")
+        return self.sampler(z)
+
+    def train(self, mode: bool = True) -> FixedStageGenerator:
+        self.training = mode  # an exported program has no train mode: its eval() raises
+        return self
+
+
+def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """The latents `ganforge sample --seed` draws: the same for a checkpoint and its model."""
+    return normal_latents(count, latent_dim, torch.Generator().manual_seed(seed), "cpu")

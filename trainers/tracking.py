@@ -24,6 +24,18 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def experiment_id(client, name: str, tracking_uri: str) -> str:
+    """The experiment's id, creating it if needed. On a SQLite store its artifacts go beside the
+    database file (MLflow's default, ./mlruns, depends on the working directory)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlruns").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"model.lr": "0.001", ...} for MLflow params."""
     flat = {}
@@ -76,9 +88,9 @@ class RunLogger:
             logged = self.client.get_metric_history(run_id, "kimg")
             self._last_step = max((m.step for m in logged), default=-1)
             return run_id
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        run = self.client.create_run(experiment_id, run_name=run_name)
+        run = self.client.create_run(
+            experiment_id(self.client, experiment, tracking_uri), run_name=run_name
+        )
         self.run_id = run.info.run_id
         params = [Param(key, value[:6000]) for key, value in flatten(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -103,6 +115,15 @@ class RunLogger:
 
     def set_tag(self, key: str, value: str) -> None:
         self._submit(lambda: self.client.set_tag(self.run_id, key, value))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        def log():
+            from mlflow.entities import RunTag
+
+            batch = [RunTag(key, value) for key, value in tags.items()]
+            self.client.log_batch(self.run_id, tags=batch)
+
+        self._submit(log)
 
     def log_file(self, path: Path, artifact_dir: str) -> None:
         self._submit(lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))

@@ -1,0 +1,261 @@
+"""The MLflow model registry: a run's generator logged as a model that loads ready to sample,
+one registered model per (family, dataset, resolution), the `candidate` and `champion`
+aliases, and the gate that moves `champion`.
+
+A registered generator is a `trainers.sampling.LatentSampler` exported with torch.export (MLflow's
+"pt2" format): `mlflow.pytorch.load_model(uri)` returns a module that maps latents
+[N, latent_dim] float32 ~ N(0, 1) to images [N, 3, R, R] in [-1, 1], with no ganforge code
+needed to load it. MLflow is imported inside the functions (≈ 6 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL_ARTIFACT = "generator"  # the model's name inside its run
+CANDIDATE, CHAMPION = "candidate", "champion"
+GATE_METRIC_TAG = "ganforge.gate_metric"  # the run's first metric measured at the checkpoint
+GATE_VALUE_TAG = "ganforge.gate_value"
+METRIC_TAG_PREFIX = "metric."  # metric.<key>: each value measured at the registered checkpoint
+# run tags copied onto every version, so the registry alone says where a model came from
+LINEAGE_TAG_PREFIXES = ("ganforge.git.", "ganforge.data.", "ganforge.cluster.", "ganforge.version.")
+METADATA_KEY = "ganforge"  # our section of the MLmodel file's metadata
+
+
+class RegistryError(ValueError):
+    """A model name, version or URI that is not in the registry (exit status 2)."""
+
+
+class GateRefused(RuntimeError):
+    """The version does not beat the champion on the gate metric (exit status 1)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: str
+    gate_metric: str | None
+    gate_value: float | None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def registered_model_name(family: str, data: str, resolution: int) -> str:
+    """`ganforge-<family>-<dataset folder name>-<resolution>`, in MLflow's allowed characters."""
+    dataset = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(data.rstrip("/")).name) or "dataset"
+    return f"ganforge-{family}-{dataset}-{resolution}"
+
+
+def metrics_at(client, run_id: str, step: int, names: list[str]) -> dict[str, float]:
+    """What the run measured of `names` (with their per-level keys, e.g. swd1k_32) at `step`."""
+    keys = [
+        key
+        for key in client.get_run(run_id).data.metrics
+        if any(key == name or key.startswith(name + "_") for name in names)
+    ]
+    found = {}
+    for key in keys:
+        for measurement in client.get_metric_history(run_id, key):
+            if measurement.step == step:
+                found[key] = measurement.value
+    return found
+
+
+@contextlib.contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at `uri` for a block. mlflow.set_tracking_uri also writes
+    MLFLOW_TRACKING_URI into os.environ, which later subprocesses would inherit: restored."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _pip_requirement() -> str:
+    """torch as the registry installs it: a local build tag such as +cpu is not on PyPI."""
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
+def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Release:
+    """Log the checkpoint's generator (its EMA copy where kept) into its MLflow run, register it
+    under `registered_model_name(...)` with its metrics and lineage as tags, and point the
+    `candidate` alias at the new version."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    from trainers.checkpoint import CONFIG_NAME, load_networks, read_progress
+    from trainers.config import TrainConfig
+    from trainers.sampling import LatentSampler, seeded_latents
+
+    config = TrainConfig.model_validate_json((checkpoint / CONFIG_NAME).read_text())
+    progress = read_progress(checkpoint)
+    stage = config.growth_schedule.at(progress.kimg)
+    generator = load_networks(checkpoint)["G"]
+    sampler = LatentSampler(generator, stage.resolution, stage.fade_alpha).eval()
+
+    client = MlflowClient(tracking_uri)
+    metrics = metrics_at(client, run_id, progress.images, list(config.metrics))
+    gate = next((name for name in config.metrics if name in metrics), None)
+    name = registered_model_name(config.model.family, config.data, stage.resolution)
+    tags = {
+        key: value
+        for key, value in client.get_run(run_id).data.tags.items()
+        if key.startswith(LINEAGE_TAG_PREFIXES)
+    }
+    tags |= {
+        "ganforge.family": config.model.family,
+        "ganforge.kimg": f"{progress.kimg:.3f}",
+        "ganforge.resolution": str(stage.resolution),
+        "ganforge.checkpoint": str(checkpoint),
+    }
+    tags |= {f"{METRIC_TAG_PREFIX}{key}": repr(value) for key, value in metrics.items()}
+    if gate is not None:
+        tags |= {GATE_METRIC_TAG: gate, GATE_VALUE_TAG: repr(metrics[gate])}
+    metadata = {
+        METADATA_KEY: {
+            "family": config.model.family,
+            "resolution": stage.resolution,
+            "fade_alpha": stage.fade_alpha,
+            "latent_dim": generator.latent_dim,
+            "kimg": progress.kimg,
+            "data": config.data,
+            "metrics": list(config.metrics),
+            "image_range": [-1, 1],
+        }
+    }
+
+    with _tracking(tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            sampler,
+            name=MODEL_ARTIFACT,
+            input_example=seeded_latents(2, generator.latent_dim, seed=0).numpy(),
+            pip_requirements=[_pip_requirement()],
+            metadata=metadata,
+        )
+    _ensure_registered_model(client, name, config.model.family, stage.resolution)
+    with _tracking(tracking_uri):
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    return Release(name, str(version.version), gate, metrics.get(gate))
+
+
+def _ensure_registered_model(client, name: str, family: str, resolution: int) -> None:
+    from mlflow.exceptions import MlflowException
+
+    description = (
+        f"ganforge {family} generator at {resolution}². "
+        f"mlflow.pytorch.load_model('models:/{name}@{CHAMPION}') returns a module mapping "
+        "latents [N, latent_dim] float32 ~ N(0, 1) to images [N, 3, R, R] in [-1, 1]. "
+        f"Aliases: '{CANDIDATE}' is the latest registration, '{CHAMPION}' the best through "
+        f"the gate (`ganforge promote`)."
+    )
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _version(client, name: str, version: str | None = None, alias: str | None = None):
+    """The model version, or None for an alias nobody holds; RegistryError for an unknown
+    name or version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        if alias is not None and client.search_registered_models(f"name = '{name}'"):
+            return None
+        what = f"alias {alias}" if alias is not None else f"version {version}"
+        raise RegistryError(f"no registered model {name!r} with {what}") from None
+
+
+def promote(name: str, version: str, tracking_uri: str) -> str:
+    """Point `champion` at `version` if its gate metric is lower than the champion's (or no
+    version is champion yet); returns what happened. GateRefused names both numbers."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    candidate = _version(client, name, version=version)
+    gate = candidate.tags.get(GATE_METRIC_TAG)
+    if gate is None:
+        raise GateRefused(f"{name} v{version} has no measured metric to gate on")
+    value = float(candidate.tags[GATE_VALUE_TAG])
+    champion = _version(client, name, alias=CHAMPION)
+    if champion is not None and champion.version == candidate.version:
+        return f"{name} v{version} is already {CHAMPION} ({gate} {value:.6g})"
+    if champion is not None:
+        held = champion.tags.get(METRIC_TAG_PREFIX + gate)
+        if held is None:
+            raise GateRefused(
+                f"{CHAMPION} v{champion.version} of {name} has no {gate} measurement to "
+                f"compare with v{version}'s {gate} {value:.6g}"
+            )
+        if not value < float(held):
+            raise GateRefused(
+                f"{name} v{version}: {gate} {value:.6g} does not beat {CHAMPION} "
+                f"v{champion.version}'s {float(held):.6g}; {CHAMPION} stays v{champion.version}"
+            )
+    client.set_registered_model_alias(name, CHAMPION, candidate.version)
+    before = (
+        f"v{champion.version}'s {float(champion.tags[METRIC_TAG_PREFIX + gate]):.6g}"
+        if champion is not None
+        else "no previous champion"
+    )
+    return f"{name} v{version} is now {CHAMPION}: {gate} {value:.6g} (was {before})"
+
+
+@dataclass
+class LoadedGenerator:
+    """A registered generator behind the training generators' interface, with its metadata."""
+
+    generator: Any  # trainers.sampling.FixedStageGenerator
+    metadata: dict  # the METADATA_KEY section written by register_generator
+
+
+def load_generator(uri: str, tracking_uri: str) -> LoadedGenerator:
+    """Download a registered (or any logged) generator once and load it; RegistryError for a
+    URI the registry does not hold or a model ganforge did not log."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from trainers.sampling import FixedStageGenerator
+
+    with (
+        _tracking(tracking_uri),
+        tempfile.TemporaryDirectory(prefix="ganforge-model-") as directory,
+    ):
+        try:
+            local = mlflow.artifacts.download_artifacts(uri, dst_path=directory)
+        except MlflowException as error:
+            raise RegistryError(f"--model {uri}: {error.message}") from None
+        metadata = (Model.load(local).metadata or {}).get(METADATA_KEY)
+        if metadata is None:
+            raise RegistryError(f"--model {uri}: not a ganforge generator (no ganforge metadata)")
+        sampler = mlflow.pytorch.load_model(local)
+    generator = FixedStageGenerator(sampler, metadata["latent_dim"], metadata["resolution"])
+    return LoadedGenerator(generator, metadata)

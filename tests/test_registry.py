@@ -1,0 +1,202 @@
+"""The MLflow model registry on a real SQLite store: a trained generator registered and loaded
+back ready to sample, `ganforge sample` and `evaluate` from the registry, the promotion gate."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.registry import (
+    CANDIDATE,
+    CHAMPION,
+    GATE_METRIC_TAG,
+    GATE_VALUE_TAG,
+    register_generator,
+)
+from tests.conftest import ganforge
+from tests.services import mlflow_server, pg_user, psql
+from tests.test_training import tiny_config
+from trainers.checkpoint import load_networks, read_progress
+from trainers.loop import DirectorySession, RunOptions, Trainer
+from trainers.sampling import LatentSampler, seeded_latents
+from trainers.tracking import experiment_id
+
+NAME = "ganforge-progan-small-16"
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset, tmp_path_factory):
+    """A tiny ProGAN trained in-process to 16², logging to MLflow with swd1k at the end."""
+    root = tmp_path_factory.mktemp("registry")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = tiny_config(small_dataset, "progan", metrics=["swd1k"])
+    options = RunOptions(tracking_uri=tracking_uri, run_name="registry", progress_bar=False)
+    trainer = Trainer(config, options, DirectorySession(root / "run"))
+    trainer.run()
+    trainer.close()
+    checkpoint = DirectorySession(root / "run").checkpoints()[-1]
+    return tracking_uri, checkpoint, read_progress(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    from mlflow import MlflowClient
+
+    return MlflowClient(trained[0])
+
+
+@pytest.fixture(scope="module")
+def first_release(trained):
+    tracking_uri, checkpoint, progress = trained
+    return register_generator(checkpoint, progress.mlflow_run_id, tracking_uri)
+
+
+def env_for(tracking_uri: str) -> dict[str, str]:
+    import os
+
+    return os.environ | {"MLFLOW_TRACKING_URI": tracking_uri, "GANFORGE_OFFLINE": "1"}
+
+
+def test_registered_generator_loads_ready_to_call_on_latents(
+    trained, client, first_release, monkeypatch
+):
+    import mlflow.pytorch
+    from mlflow.models import get_model_info
+
+    tracking_uri, checkpoint, progress = trained
+    assert first_release.name == NAME and first_release.version == "1"
+    version = client.get_model_version_by_alias(NAME, CANDIDATE)
+    assert str(version.version) == "1" and version.run_id == progress.mlflow_run_id
+    logged = client.get_metric_history(progress.mlflow_run_id, "swd1k")[-1]
+    assert logged.step == progress.images
+    assert version.tags[GATE_METRIC_TAG] == "swd1k"
+    assert float(version.tags[GATE_VALUE_TAG]) == logged.value == first_release.gate_value
+    assert float(version.tags["ganforge.kimg"]) == pytest.approx(progress.kimg)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    uri = f"models:/{NAME}@{CANDIDATE}"
+    info = get_model_info(uri)
+    latent_dim = load_networks(checkpoint)["G"].latent_dim
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, latent_dim)
+    model = mlflow.pytorch.load_model(uri)
+    latents = seeded_latents(5, latent_dim, seed=1)
+    expected = LatentSampler(load_networks(checkpoint)["G"], 16)(latents)  # G_ema: ProGAN's
+    with torch.no_grad():
+        images = model(latents)
+    assert images.shape == (5, 3, 16, 16)
+    assert torch.allclose(images, expected, atol=1e-5)
+
+
+def test_sample_and_evaluate_from_the_registry_match_the_checkpoint(
+    trained, first_release, tmp_path
+):
+    tracking_uri, checkpoint, _ = trained
+    env = env_for(tracking_uri)
+    uri = f"models:/{NAME}@{CANDIDATE}"
+    grids = {}
+    for kind, source in (("model", uri), ("checkpoint", str(checkpoint))):
+        out = tmp_path / f"{kind}.png"
+        result = ganforge("sample", f"--{kind}", source, "--num", "9", "--seed", "4", "--out",
+                          str(out), env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        grids[kind] = np.asarray(Image.open(out), dtype=np.int16)
+    assert grids["model"].shape == (3 * 65 + 1, 3 * 65 + 1, 3)  # 16² cells enlarged to 64²
+    assert np.abs(grids["model"] - grids["checkpoint"]).max() <= 1  # rounding to 8 bits
+
+    other = ganforge("sample", "--model", uri, "--seed", "5", "--num", "9", "--out",
+                     str(tmp_path / "other.png"), env=env)  # fmt: skip
+    assert other.returncode == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "other.png")), grids["model"])
+
+    scores = {}
+    for kind, source in (("model", uri), ("checkpoint", str(checkpoint))):
+        result = ganforge("evaluate", f"--{kind}", source, "--metrics", "swd1k", env=env)
+        assert result.returncode == 0, result.stderr
+        scores[kind] = dict(line.split() for line in result.stdout.splitlines())
+    assert float(scores["model"]["swd1k"]) == pytest.approx(float(scores["checkpoint"]["swd1k"]))
+
+
+def test_unknown_model_or_both_sources_exit_2(trained, tmp_path):
+    env = env_for(trained[0])
+    missing = ganforge("sample", "--model", f"models:/{NAME}-nope@{CHAMPION}", "--out",
+                       str(tmp_path / "g.png"), env=env)  # fmt: skip
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    both = ganforge("sample", "--model", "models:/x/1", "--checkpoint", str(trained[1]), "--out",
+                    str(tmp_path / "g.png"), env=env)  # fmt: skip
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    unknown = ganforge("promote", NAME, "--version", "99", env=env)
+    assert unknown.returncode == 2 and "version 99" in unknown.stderr
+
+
+def _register_with_score(trained, client, swd: float):
+    """A further training of the same config whose run measured `swd` at the checkpoint."""
+    tracking_uri, checkpoint, progress = trained
+    parent = client.get_run(progress.mlflow_run_id)
+    run = client.create_run(parent.info.experiment_id, run_name="retrained")
+    client.log_metric(run.info.run_id, "swd1k", swd, step=progress.images)
+    client.set_terminated(run.info.run_id)
+    return register_generator(checkpoint, run.info.run_id, tracking_uri)
+
+
+def test_promotion_gate_moves_champion_only_to_a_better_version(trained, client, first_release):
+    env = env_for(trained[0])
+    first = ganforge("promote", NAME, "--version", first_release.version, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "no previous champion" in first.stdout
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == first_release.version
+
+    worse = _register_with_score(trained, client, first_release.gate_value + 1.0)
+    assert str(client.get_model_version_by_alias(NAME, CANDIDATE).version) == worse.version
+    refused = ganforge("promote", NAME, "--version", worse.version, env=env)
+    assert refused.returncode == 1
+    assert f"{worse.gate_value:.6g}" in refused.stderr
+    assert f"{first_release.gate_value:.6g}" in refused.stderr
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == first_release.version
+
+    better = _register_with_score(trained, client, first_release.gate_value - 1.0)
+    promoted = ganforge("promote", NAME, "--version", better.version, env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    assert f"{first_release.gate_value:.6g}" in promoted.stdout
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == better.version
+
+
+@pytest.mark.slow
+def test_registry_through_a_real_mlflow_server_on_postgresql(trained, tmp_path):
+    """The team setup: runs, models and aliases in PostgreSQL behind `mlflow server`, artifacts
+    sent over HTTP to the server's store; registered, promoted and sampled through it."""
+    from mlflow import MlflowClient
+
+    _, checkpoint, progress = trained
+    database = f"mlflow_test_{uuid.uuid4().hex[:12]}"
+    (tmp_path / "server").mkdir()
+    with mlflow_server(tmp_path / "server", database=database) as url:
+        client = MlflowClient(url)
+        run = client.create_run(experiment_id(client, "ganforge", url), run_name="on-server")
+        client.log_metric(run.info.run_id, "swd1k", 1.5, step=progress.images)
+        client.set_terminated(run.info.run_id)
+        release = register_generator(checkpoint, run.info.run_id, url)
+        assert (release.name, release.version, release.gate_value) == (NAME, "1", 1.5)
+
+        env = env_for(url)
+        promoted = ganforge("promote", NAME, "--version", "1", env=env)
+        assert promoted.returncode == 0, promoted.stderr
+        out = tmp_path / "grid.png"
+        sampled = ganforge("sample", "--model", f"models:/{NAME}@{CHAMPION}", "--num", "4",
+                           "--out", str(out), env=env)  # fmt: skip
+        assert sampled.returncode == 0, sampled.stderr
+        local = ganforge("sample", "--checkpoint", str(checkpoint), "--num", "4", "--out",
+                         str(tmp_path / "local.png"), env=env)  # fmt: skip
+        assert local.returncode == 0
+        grids = [np.asarray(Image.open(p), np.int16) for p in (out, tmp_path / "local.png")]
+        assert np.abs(grids[0] - grids[1]).max() <= 1
+
+        assert client.get_run(run.info.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+        assert list((tmp_path / "server" / "artifacts").rglob("MLmodel"))  # the server's store
+        user = pg_user()
+        assert psql("select name from registered_models", user, database) == NAME
+        aliases = psql("select alias from registered_model_aliases order by alias", user, database)
+        assert aliases.split() == [CANDIDATE, CHAMPION]
