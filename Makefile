@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine with python3, make and git:
-#   make run   - set up, then build the quickstart dataset and its real statistics (`dvc repro`)
+#   make run   - set up, then the whole pipeline on the quickstart: dataset (`dvc repro`),
+#                WGAN-GP, BEGAN and ProGAN on local Ray, metrics, MLflow registry
 #   make test  - set up, then run the test suite
 SHELL := /bin/bash
 VENV ?= .venv
@@ -29,8 +30,7 @@ $(STAMP): requirements.lock pyproject.toml
 # The venv's bin goes first on PATH so dvc's stage commands find `ganforge`.
 run: export PATH := $(abspath $(VENV))/bin:$(PATH)
 run: setup
-	dvc repro
-	ganforge data verify data/quickstart
+	ganforge pipeline run configs/pipeline/quickstart.yaml
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -27,6 +27,11 @@ data_app = typer.Typer(
     help="Build and check multi-resolution WebDataset datasets.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+pipeline_app = typer.Typer(
+    help="The end-to-end Prefect flow: dataset, training, evaluation, registry.",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
 
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
@@ -396,13 +401,10 @@ def sample(
     checkpoint and for the model registered from it, so their grids match."""
     import torch
 
-    from trainers.sampling import LatentSampler, seeded_latents, write_grid
+    from trainers.sampling import write_sample_grid
 
     source = _load_source(checkpoint, model, torch.device("cpu"))
-    latents = seeded_latents(num, source.generator.latent_dim, seed)
-    with torch.inference_mode():
-        images = LatentSampler(source.generator, source.resolution, source.fade_alpha)(latents)
-    write_grid(images, out)
+    write_sample_grid(source.generator, source.resolution, source.fade_alpha, num, seed, out)
     typer.echo(f"wrote {out}: {num} images at {source.resolution}² (kimg {source.kimg:.3f})")
 
 
@@ -486,12 +488,7 @@ def train(
 
     from trainers.launcher import LaunchError, LaunchRequest, TrainingFailed, launch
 
-    # the launcher's progress lines (Ray ready, ...), as the workers' come through Ray
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("trainers").addHandler(handler)
-    logging.getLogger("trainers").setLevel(logging.INFO)
-
+    _show_launcher_progress()
     request = LaunchRequest(
         config=train_config,
         storage=storage,
@@ -512,6 +509,65 @@ def train(
         f"checkpoint {result.checkpoint}"
         + (f"; best checkpoint {result.best_checkpoint}" if result.best_checkpoint else "")
     )
+
+
+def _show_launcher_progress() -> None:
+    """The launcher's progress lines (Ray ready, ...) on the console, as the workers' come
+    through Ray."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("trainers").addHandler(handler)
+    logging.getLogger("trainers").setLevel(logging.INFO)
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: Annotated[
+        Path,
+        typer.Argument(metavar="[CONFIG]", help="Pipeline config (configs/pipeline/*.yaml)."),
+    ] = Path("configs/pipeline/quickstart.yaml"),
+) -> None:
+    """dvc repro (dataset + real statistics) → train each configured family on Ray Train →
+    evaluate → register in MLflow (alias candidate) → promote (champion, through the gate) →
+    a sample grid per model. A re-run skips what did not change. Logs to MLFLOW_TRACKING_URI
+    (default ./mlflow.db); runs on the Prefect server in PREFECT_API_URL, else an ephemeral one."""
+    from pipelines.end_to_end import PipelineConfig, load_pipeline_config
+    from trainers.config import describe_validation_error
+
+    try:
+        pipeline = load_pipeline_config(config)
+    except ValidationError as error:
+        message = describe_validation_error(error, PipelineConfig)
+        raise _fail(f"{config}: {message}", USAGE_ERROR) from None
+    except (OSError, ValueError) as error:
+        raise _fail(f"{config}: {error}", USAGE_ERROR) from None
+    _prefect_defaults()
+    _show_launcher_progress()
+    from pipelines.dataset.flow import local_run_settings
+    from pipelines.end_to_end import run_pipeline
+    from trainers.launcher import LaunchError, TrainingFailed
+
+    tracking_uri = _tracking_uri()
+    try:
+        with local_run_settings():
+            outcomes = run_pipeline(pipeline, tracking_uri)
+    except LaunchError as error:
+        raise _fail(str(error), USAGE_ERROR) from None
+    except (TrainingFailed, RuntimeError) as error:
+        raise _fail(f"pipeline failed: {error}", RUNTIME_ERROR) from None
+    typer.echo("\npipeline finished:")
+    for outcome in outcomes:
+        measured = ", ".join(f"{k} {v:.4g}" for k, v in outcome.metrics.items()) or "unscored"
+        reused = " (unchanged: reused)" * outcome.reused
+        typer.echo(f"  {outcome.family}{reused}: {outcome.model_uri}, {measured}")
+        typer.echo(f"    {outcome.promotion}")
+    typer.echo("sample grids:")
+    for outcome in outcomes:
+        typer.echo(f"  {outcome.grid}")
+    typer.echo("registered models:")
+    for outcome in outcomes:
+        typer.echo(f"  {outcome.champion_uri}")
+    typer.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri}")
 
 
 def main() -> None:

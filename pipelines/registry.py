@@ -48,6 +48,17 @@ class Release:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    @classmethod
+    def of(cls, version) -> Release:
+        """The release an MLflow ModelVersion records in its tags."""
+        value = version.tags.get(GATE_VALUE_TAG)
+        return cls(
+            version.name,
+            str(version.version),
+            version.tags.get(GATE_METRIC_TAG),
+            float(value) if value is not None else None,
+        )
+
 
 def registered_model_name(family: str, data: str, resolution: int) -> str:
     """`ganforge-<family>-<dataset folder name>-<resolution>`, in MLflow's allowed characters."""

@@ -72,7 +72,7 @@ def test_paper_progan_preset_grows_to_1024():
         (sets("sede=1"), "sede: unknown key; allowed: model, data, seed"),
         (sets("total_kimg=-1"), "total_kimg: Input should be greater than 0"),
         (sets("model.family=gan"), "does not match any of the expected tags"),
-        (sets("model.resolution=48"), "model.resolution: Value error, must be a power of two"),
+        (sets("model.resolution=48"), "model.resolution: must be a power of two"),
         (sets("batch_per_resolution={4: 8}"), "no entry for resolution 8"),
         (sets("seed"), "expected key=value"),
         (["--workers", "3"], "batch_per_resolution[4] = 64 does not split over 3 workers"),

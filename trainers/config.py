@@ -215,15 +215,18 @@ FAMILIES: dict[str, type[BaseModel]] = {
 }
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(
+    error: ValidationError, root: type[BaseModel] | None = None
+) -> str:
     """One line per problem, naming the key as a dotted path; an unknown key also lists the
-    keys allowed at that place, so a typo is fixed without opening the source."""
+    keys allowed at that place (in `root`, TrainConfig by default), so a typo is fixed without
+    opening the source."""
     lines = []
     for item in error.errors():
         location = [str(part) for part in item["loc"]]
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            owner = TrainConfig
+            owner = root or TrainConfig
             if location[:1] == ["model"] and len(location) > 2 and location[1] in FAMILIES:
                 owner = FAMILIES[location[1]]
             message = f"unknown key; allowed: {', '.join(owner.model_fields)}"

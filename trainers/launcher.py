@@ -15,7 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -56,7 +56,6 @@ LOCAL_RAY_ENVIRONMENT = {
     # Ray Train's Prometheus metrics, which only a dashboard (off here) would show.
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
-MLFLOW_PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another
 LAUNCH_MARK = "%s at %.3f (unix time)"  # the launch timeline `make bench` splits
 
 
@@ -100,7 +99,7 @@ class LaunchRequest:
     stop_kimg: float | None = None  # stop here (with a checkpoint) instead of total_kimg
     tracking_uri: str | None = None  # MLflow store; None: MLFLOW_TRACKING_URI or ./mlflow.db
     progress_bar: bool = True
-    parent_run_id: str | None = None  # MLflow run this one nests under (a pipeline's)
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of a new run, besides lineage
 
 
 @dataclass(frozen=True)
@@ -281,9 +280,8 @@ def launch(request: LaunchRequest) -> LaunchResult:
     import ray.train
     from ray.train.torch import TorchConfig  # imports torch: after the cluster has started
 
-    tags = lineage_tags(config.data, Path(__file__).parent)  # the code is where this file is
-    if request.parent_run_id:
-        tags[MLFLOW_PARENT_RUN_TAG] = request.parent_run_id
+    # the code's git state is where this file is, whatever the working directory
+    tags = lineage_tags(config.data, Path(__file__).parent) | request.tags
     payload = {
         "config": config.model_dump(mode="json"),
         "tags": tags,

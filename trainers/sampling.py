@@ -97,3 +97,13 @@ class FixedStageGenerator(nn.Module):
 def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
     """The latents `ganforge sample --seed` draws: the same for a checkpoint and its model."""
     return normal_latents(count, latent_dim, torch.Generator().manual_seed(seed), "cpu")
+
+
+def write_sample_grid(
+    generator: nn.Module, resolution: int, fade_alpha: float, count: int, seed: int, out: Path
+) -> Path:
+    """`count` images from `seeded_latents(seed)` as one grid PNG at `out` (on the CPU)."""
+    latents = seeded_latents(count, generator.latent_dim, seed)
+    with torch.inference_mode():
+        images = LatentSampler(generator, resolution, fade_alpha)(latents)
+    return write_grid(images, out)

@@ -1,0 +1,311 @@
+"""The whole mission as one Prefect flow (`ganforge pipeline run`, `make run`):
+
+  dvc repro (dataset + real statistics) → per training config: train on Ray Train (the job
+  measures the config's metrics over all its workers) → evaluate (collect the measurements at
+  the best checkpoint) → register in MLflow (alias candidate) → promote (champion, through the
+  gate) → a sample grid from the registered model.
+
+A pipeline run is a parent MLflow run with one child run per training. A re-run skips what did
+not change: `dvc repro` skips its own stages, and a training whose input key (resolved config,
+dataset manifest digest, training code) matches a finished, registered child run is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+import trainers
+from trainers.config import TrainConfig, describe_validation_error, load_train_config
+
+INPUT_KEY_TAG = "ganforge.pipeline.input_key"  # on a training's run: what it was trained from
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
+
+
+class PipelineConfig(BaseModel):
+    """configs/pipeline/*.yaml: what `ganforge pipeline run` does, in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    repro: bool = True  # `dvc repro` first: the dataset and its real statistics (dvc.yaml)
+    trainings: list[Path] = Field(min_length=1)  # training presets, one Ray Train job each
+    overrides: list[str] = []  # --set KEY=VALUE applied to every training
+    experiment: str = "ganforge"  # MLflow experiment of the parent run and its children
+    storage: Path = Path("runs")  # training runs live in <storage>/<run name>/
+    promote: bool = True  # move champion to a new version that passes the gate
+    samples: int = Field(default=64, ge=1, le=1024)  # images per grid from each new model
+    seed: int = 0  # fixes the grids' latents
+
+    @model_validator(mode="after")
+    def _trainings_validate(self) -> PipelineConfig:
+        for path in self.trainings:  # a bad preset fails before anything runs
+            try:
+                self.training(path)
+            except ValidationError as error:
+                raise ValueError(f"{path}: {describe_validation_error(error)}") from None
+            except OSError as error:
+                raise ValueError(f"{path}: {error.strerror}") from None
+        return self
+
+    def training(self, path: Path) -> TrainConfig:
+        """The preset at `path` with the overrides, in this pipeline's experiment."""
+        return load_train_config(path, [*self.overrides, f"experiment={self.experiment}"])
+
+
+def load_pipeline_config(path: Path) -> PipelineConfig:
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of pipeline keys")
+    return PipelineConfig.model_validate(raw)
+
+
+@dataclass(frozen=True)
+class Trained:
+    family: str
+    run_id: str
+    checkpoint: Path  # the best by the gate metric, else the latest
+    reused: bool  # True: an earlier pipeline run trained and registered this already
+
+
+@dataclass(frozen=True)
+class FamilyOutcome:
+    family: str
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+    champion_uri: str  # models:/<name>@champion
+    metrics: dict[str, float]  # measured at the registered checkpoint
+    promotion: str  # what the gate decided
+    grid: Path | None
+    reused: bool
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def reproduce_dataset() -> None:
+    """`dvc repro`: builds what changed of the dataset and its real statistics, skips the rest.
+    Stage commands call `ganforge`, so this interpreter's bin folder leads PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    environment = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([str(Path(bin_dir) / "dvc"), "repro"], env=environment)
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc repro failed (exit {result.returncode}); see its output above")
+
+
+def code_digest() -> str:
+    """sha256 of the training code (every .py under trainers/): a change retrains."""
+    digest = hashlib.sha256()
+    root = Path(trainers.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def input_key(config: TrainConfig) -> str:
+    """What a training's result depends on: its resolved config, the dataset version, the code."""
+    from trainers.data.format import load_manifest
+
+    data = Path(config.data).resolve()
+    parts = {
+        "config": config.model_dump(mode="json") | {"data": str(data)},
+        "dataset": load_manifest(data).digest(),
+        "code": code_digest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _is_training_failure(task, task_run, state) -> bool:
+    """Retry a training that failed at run time (it resumes from its latest checkpoint), not
+    one the launcher refused (a config or dataset problem: the same again)."""
+    from trainers.launcher import TrainingFailed
+
+    try:
+        state.result()
+    except TrainingFailed:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=1, retry_condition_fn=_is_training_failure, cache_policy=NONE)
+def train(
+    config: TrainConfig, storage: Path, parent_run_id: str, tracking_uri: str, key: str
+) -> Trained:
+    """One Ray Train job, nested under the pipeline's MLflow run; resumes its own latest
+    checkpoint when an earlier attempt (a retry, or a killed pipeline run) left one."""
+    from trainers.launcher import LaunchRequest, launch
+
+    family = config.model.family
+    run_name = f"{family}-{key[:12]}"  # the same on a retry and in a later pipeline run
+    resume = any((storage / run_name).glob("checkpoint_*"))
+    result = launch(
+        LaunchRequest(
+            config=config,
+            storage=storage,
+            run_name=run_name,
+            resume=resume,
+            tracking_uri=tracking_uri,
+            tags={PARENT_RUN_TAG: parent_run_id, INPUT_KEY_TAG: key},
+        )
+    )
+    return Trained(family, result.mlflow_run_id, result.best_checkpoint or result.checkpoint, False)
+
+
+@task(cache_policy=NONE)
+def evaluate(trained: Trained, tracking_uri: str, parent_run_id: str) -> dict[str, float]:
+    """The metrics the training job measured (over all its workers) at the checkpoint that
+    will be registered, logged on the parent run as <family>/<metric> for comparison."""
+    from mlflow import MlflowClient
+
+    from pipelines.registry import metrics_at
+    from trainers.checkpoint import CONFIG_NAME, read_progress
+
+    config = TrainConfig.model_validate_json((trained.checkpoint / CONFIG_NAME).read_text())
+    client = MlflowClient(tracking_uri)
+    step = read_progress(trained.checkpoint).images
+    measured = metrics_at(client, trained.run_id, step, list(config.metrics))
+    for name, value in measured.items():
+        client.log_metric(parent_run_id, f"{trained.family}/{name}", value, step=step)
+    return measured
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def register(trained: Trained, tracking_uri: str):
+    from pipelines.registry import register_generator
+
+    return register_generator(trained.checkpoint, trained.run_id, tracking_uri)
+
+
+@task(cache_policy=NONE)
+def promote(name: str, version: str, tracking_uri: str) -> str:
+    """The gate's decision; a refusal is an outcome, not a failure of the pipeline."""
+    from pipelines.registry import GateRefused
+    from pipelines.registry import promote as gate
+
+    try:
+        return gate(name, version, tracking_uri)
+    except GateRefused as refused:
+        return str(refused)
+
+
+@task(cache_policy=NONE)
+def sample_grid(uri: str, tracking_uri: str, out: Path, count: int, seed: int) -> Path:
+    """A grid from the registered model, as a user pulling it gets it."""
+    from pipelines.registry import load_generator
+    from trainers.sampling import write_sample_grid
+
+    loaded = load_generator(uri, tracking_uri)
+    meta = loaded.metadata
+    return write_sample_grid(
+        loaded.generator, meta["resolution"], meta["fade_alpha"], count, seed, out
+    )
+
+
+# -- the flow ----------------------------------------------------------------------------------
+
+
+def _open_parent_run(config: PipelineConfig, tracking_uri: str, name: str) -> str:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from trainers.lineage import git_state, package_versions
+    from trainers.tracking import experiment_id, flatten
+
+    client = MlflowClient(tracking_uri)
+    tags = git_state(Path(trainers.__file__).parent) | package_versions()
+    run = client.create_run(
+        experiment_id(client, config.experiment, tracking_uri), run_name=name, tags=tags
+    )
+    params = flatten(config.model_dump(mode="json"))
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _previous(config: TrainConfig, key: str, tracking_uri: str):
+    """(Trained, Release) of a finished run trained from `key` whose generator is registered,
+    or None: what a re-run reuses instead of training again."""
+    from mlflow import MlflowClient
+
+    from pipelines.registry import Release
+    from trainers.tracking import experiment_id
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        [experiment_id(client, config.experiment, tracking_uri)],
+        filter_string=f"tags.`{INPUT_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in runs:
+        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        if not versions:
+            continue
+        version = max(versions, key=lambda v: int(v.version))
+        checkpoint = Path(version.tags["ganforge.checkpoint"])
+        if checkpoint.is_dir():  # else train again: the checkpoint is gone
+            trained = Trained(config.model.family, run.info.run_id, checkpoint, reused=True)
+            return trained, Release.of(version)
+    return None
+
+
+@flow(name="ganforge-pipeline")
+def run_pipeline(config: PipelineConfig, tracking_uri: str) -> list[FamilyOutcome]:
+    """dvc repro → for each training: train → evaluate → register → promote → sample grid."""
+    from mlflow import MlflowClient
+
+    from pipelines.registry import CHAMPION
+
+    if config.repro:
+        reproduce_dataset()
+    name = f"pipeline-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    parent = _open_parent_run(config, tracking_uri, name)
+    storage = config.storage.resolve()
+    outcomes, status = [], "FAILED"
+    try:
+        for path in config.trainings:
+            training = config.training(path)
+            key = input_key(training)
+            previous = _previous(training, key, tracking_uri)
+            if previous is None:
+                trained, release = train(training, storage, parent, tracking_uri, key), None
+            else:
+                trained, release = previous  # the same inputs trained before: reused
+            measured = evaluate(trained, tracking_uri, parent)
+            release = release or register(trained, tracking_uri)
+            decision = "promotion off (promote: false)"
+            if config.promote:
+                decision = promote(release.name, release.version, tracking_uri)
+            grid = sample_grid(
+                release.uri,
+                tracking_uri,
+                storage / name / f"{release.name}-v{release.version}.png",
+                config.samples,
+                config.seed,
+            )
+            outcomes.append(
+                FamilyOutcome(
+                    trained.family,
+                    trained.run_id,
+                    release.uri,
+                    f"models:/{release.name}@{CHAMPION}",
+                    measured,
+                    decision,
+                    grid,
+                    trained.reused,
+                )
+            )
+        status = "FINISHED"
+    finally:
+        MlflowClient(tracking_uri).set_terminated(parent, status=status)
+    return outcomes
