@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"metrics: Fréchet distance at {args.frechet_dimension}-d, ours and scipy sqrtm "
                 f"x{args.frechet_repeats} ..."
             )
-            payload, new_rows = metrics.run(args.frechet_dimension, args.frechet_repeats)
+            payload, new_rows = metrics.run(
+                args.frechet_dimension, args.frechet_repeats, args.quick
+            )
             written.append(write_result(args.results_dir, "metrics", common | payload))
             rows += new_rows
 
