@@ -516,8 +516,10 @@ def _show_launcher_progress() -> None:
     through Ray."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("trainers").addHandler(handler)
-    logging.getLogger("trainers").setLevel(logging.INFO)
+    logger = logging.getLogger("trainers")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # inside a Prefect flow the root logger would print them again
 
 
 @pipeline_app.command("run")
