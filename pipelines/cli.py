@@ -572,5 +572,54 @@ def pipeline_run(
     typer.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri}")
 
 
+@pipeline_app.command("deploy")
+def pipeline_deploy(
+    config: Annotated[
+        Path,
+        typer.Argument(metavar="[CONFIG]", help="Pipeline config, relative to --source."),
+    ] = Path("configs/pipeline/quickstart.yaml"),
+    cron: Annotated[
+        str, typer.Option(help="When to run, as a cron expression (UTC).")
+    ] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "quickstart",
+    work_pool: Annotated[
+        str, typer.Option(help="Prefect work pool (type process; created if missing).")
+    ] = "ganforge",
+    source: Annotated[
+        Path, typer.Option(help="The checkout workers run the flow from (they must see it).")
+    ] = Path("."),
+) -> None:
+    """Create or update a scheduled Prefect deployment of the pipeline on the Prefect server in
+    PREFECT_API_URL. A worker runs it: `prefect worker start --pool ganforge`, in an
+    environment with this checkout, MLFLOW_TRACKING_URI and RAY_ADDRESS."""
+    from pipelines.end_to_end import PipelineConfig, load_pipeline_config
+    from trainers.config import describe_validation_error
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise _fail(
+            "PREFECT_API_URL is not set: a deployment lives on a Prefect server "
+            "(`prefect server start`, then PREFECT_API_URL=http://<host>:4200/api)",
+            USAGE_ERROR,
+        )
+    try:
+        load_pipeline_config(source / config)
+    except ValidationError as error:
+        message = describe_validation_error(error, PipelineConfig)
+        raise _fail(f"{config}: {message}", USAGE_ERROR) from None
+    except (OSError, ValueError) as error:
+        raise _fail(f"{config}: {error}", USAGE_ERROR) from None
+    from pipelines.deploy import DeployError, deploy_pipeline
+
+    try:
+        deployment = deploy_pipeline(config, cron, name, work_pool, source)
+    except DeployError as error:
+        raise _fail(str(error), USAGE_ERROR) from None
+    typer.echo(
+        f"deployment ganforge-scheduled-pipeline/{name} ({deployment}) runs {config} on "
+        f"'{cron}' in work pool {work_pool}; start a worker with "
+        f"`prefect worker start --pool {work_pool}`"
+    )
+
+
 def main() -> None:
     app()

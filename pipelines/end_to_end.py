@@ -309,3 +309,14 @@ def run_pipeline(config: PipelineConfig, tracking_uri: str) -> list[FamilyOutcom
     finally:
         MlflowClient(tracking_uri).set_terminated(parent, status=status)
     return outcomes
+
+
+@flow(name="ganforge-scheduled-pipeline")
+def scheduled_pipeline(config: str = "configs/pipeline/quickstart.yaml") -> list[FamilyOutcome]:
+    """What a deployment runs (`ganforge pipeline deploy`): the pipeline config read when the
+    run starts, from the checkout the worker runs in, logging to the worker's
+    MLFLOW_TRACKING_URI (default ./mlflow.db)."""
+    from trainers.tracking import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
+    return run_pipeline(load_pipeline_config(Path(config)), tracking_uri)

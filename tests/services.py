@@ -1,4 +1,5 @@
-"""Real external services for end-to-end tests: an MLflow tracking server on PostgreSQL."""
+"""Real external services for end-to-end tests: an MLflow tracking server on PostgreSQL and
+a Prefect server, each on loopback."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from tests.cluster import free_port
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
+PREFECT = str(Path(sys.executable).parent / "prefect")
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 # no background job runner: it forks eight huey consumers that tests never use
 SERVER_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -41,20 +43,36 @@ def pg_user() -> str:
     raise RuntimeError(f"no PostgreSQL role accepted on {PG_HOST}:{PG_PORT}")
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
+def _wait_healthy(health: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with (
             contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/health", timeout=5) as response,
+            urllib.request.urlopen(health, timeout=5) as response,
         ):
             if response.status == 200:
                 return
         if server.poll() is not None or time.monotonic() > deadline:
             state = f"exited with {server.returncode}" if server.poll() is not None else "timed out"
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-            raise RuntimeError(f"mlflow server {state} before {url}/health answered:\n{tail}")
+            raise RuntimeError(f"{server.args[:2]} {state} before {health} answered:\n{tail}")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _serving(command: list[str], env: dict, health: str, log: Path, timeout: float):
+    """Run a server in its own session (it forks workers, and all of them must go at the
+    end), output to `log`, until `health` answers 200; stop the whole group on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        _wait_healthy(health, server, log, timeout)
+        yield
+    finally:
+        _stop_group(server)
 
 
 def _stop_group(server: subprocess.Popen) -> None:
@@ -94,19 +112,24 @@ def mlflow_server(
             "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1",
         ]  # fmt: skip
-        with log.open("wb") as out:
-            # its own session: the server forks workers, and all of them must go at the end
-            server = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=os.environ | SERVER_ENV,
-                start_new_session=True,
-            )
-        try:
-            _wait_healthy(url, server, log, timeout)
+        with _serving(command, os.environ | SERVER_ENV, f"{url}/health", log, timeout):
             yield url
-        finally:
-            _stop_group(server)
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", user)
+
+
+@contextlib.contextmanager
+def prefect_server(tmp_dir: Path, timeout: float = 180.0) -> Iterator[str]:
+    """A real `prefect server start` on loopback with its own home and SQLite database; yields
+    its API URL (what PREFECT_API_URL takes)."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = os.environ | {
+        "PREFECT_HOME": str(tmp_dir / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)  # a server must not point at another
+    command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with _serving(command, env, f"{api}/health", tmp_dir / "prefect-server.log", timeout):
+        yield api

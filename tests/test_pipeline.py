@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO, ganforge
+from tests.services import prefect_server
 from tests.test_train_cli import SHORT, TINY
 from trainers.config import apply_overrides
 
@@ -121,3 +123,33 @@ def test_bad_pipeline_config_exits_2_naming_the_key(project):
     result = ganforge("pipeline", "run", "bad.yaml", cwd=repo, env=env)
     assert result.returncode == 2
     assert "families: unknown key; allowed: repro, trainings" in result.stderr
+
+
+@pytest.mark.slow
+def test_deployment_on_a_real_prefect_server_keeps_its_schedule_and_runs(project, tmp_path):
+    """`ganforge pipeline deploy` against `prefect server start`: the schedule is stored, a
+    triggered run is picked up by a real process worker and completes."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    repo, env, _ = project
+    with prefect_server(tmp_path) as api:
+        server_env = env | {"PREFECT_API_URL": api}
+        bad = ganforge("pipeline", "deploy", "pipeline.yaml", "--cron", "nightly", cwd=repo,
+                       env=server_env)  # fmt: skip
+        assert bad.returncode == 2 and "--cron 'nightly'" in bad.stderr
+        deployed = ganforge("pipeline", "deploy", "pipeline.yaml", "--cron", "30 2 * * 1",
+                            "--name", "weekly", cwd=repo, env=server_env)  # fmt: skip
+        assert deployed.returncode == 0, deployed.stderr
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("ganforge-scheduled-pipeline/weekly")
+            assert [s.schedule.cron for s in deployment.schedules] == ["30 2 * * 1"]
+            assert deployment.work_pool_name == "ganforge"
+            flow_run = client.create_flow_run_from_deployment(deployment.id)
+            worker = subprocess.run(
+                [str(Path(sys.executable).parent / "prefect"), "worker", "start",
+                 "--pool", "ganforge", "--run-once"],
+                cwd=repo, env=server_env, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            state = client.read_flow_run(flow_run.id).state
+        assert state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
