@@ -88,7 +88,12 @@ def data_build(
     ] = SourceKind.synthetic,
     input: Annotated[Path | None, typer.Option(help="Folder/zip/tar for --source folder.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help=f"Dataset folder to write. {_default('out')}")
+        str | None,
+        typer.Option(
+            help="Dataset folder to write, or s3://BUCKET/PREFIX: built in a local staging "
+            "folder ($XDG_CACHE_HOME/ganforge/staging), then uploaded with checksums, the "
+            f"manifest last. {_default('out')}"
+        ),
     ] = None,
     num_images: Annotated[
         int | None,
@@ -136,8 +141,11 @@ def data_build(
     Writes DIR/manifest.json (every shard with its sha256), DIR/report.json (every input,
     accepted or rejected with a reason) and DIR/rNNNN/shard-*.tar at every power of two from 4
     to --max-resolution. Same inputs and options give byte-identical output; a killed build
-    resumes where it stopped.
+    resumes where it stopped (an interrupted upload too). S3 credentials and endpoint come
+    from boto3's usual chain (AWS_* variables, ~/.aws, an instance role).
     """
+    from trainers.data.s3 import S3Error, S3Url, check_bucket, is_s3_url
+
     given = {
         "source": source,
         "input": input,
@@ -149,13 +157,28 @@ def data_build(
         "seed": seed,
         "png_compress_level": png_compress_level,
     }
+    destination = None  # an S3Url when --out is one
     try:
         section = _params_section(params, "build_dataset") if params else {}
-        config = BuildDatasetConfig(**(section | {k: v for k, v in given.items() if v is not None}))
+        options = section | {k: v for k, v in given.items() if v is not None}
+        if options.get("out") is not None and is_s3_url(options["out"]):
+            from pipelines.dataset.publish import staging_folder
+
+            try:
+                destination = S3Url.parse(str(options["out"]))
+            except ValueError as error:
+                raise ValueError(f"--out {error}") from None
+            options["out"] = staging_folder(destination)
+        config = BuildDatasetConfig(**options)
     except ValidationError as error:
         raise _fail(config_error_message(error), USAGE_ERROR) from None
     except ValueError as error:
         raise _fail(str(error), USAGE_ERROR) from None
+    if destination is not None:
+        try:
+            check_bucket(destination)
+        except S3Error as error:
+            raise _fail(f"--out: {error}", USAGE_ERROR) from None
 
     _prefect_defaults()
     from pipelines.dataset.flow import BuildFailed, build_dataset, local_run_settings
@@ -163,14 +186,27 @@ def data_build(
 
     try:
         with local_run_settings():
-            result = build_dataset(config, workers=workers)
+            if destination is None:
+                result = build_dataset(config, workers=workers)
+            else:
+                from pipelines.dataset.publish import build_dataset_to_s3
+
+                published = build_dataset_to_s3(config, destination, workers=workers)
+                result = published.build
     except SourceError as error:
         raise _fail(str(error), USAGE_ERROR) from None
     except BuildFailed as error:
         raise _fail(str(error), RUNTIME_ERROR) from None
+    except S3Error as error:
+        raise _fail(
+            f"upload to {destination} failed: {error}. The local build is kept in {config.out}; "
+            "a re-run uploads only what S3 does not hold yet",
+            RUNTIME_ERROR,
+        ) from None
     report, manifest = result.report, result.manifest
     typer.echo(
-        f"built {result.out}: {report['accepted']} accepted, {report['rejected']} rejected "
+        f"built {destination or result.out}: {report['accepted']} accepted, "
+        f"{report['rejected']} rejected "
         f"({report['converted']} converted) of {report['inputs']} inputs in "
         f"{result.seconds:.1f} s"
     )
@@ -180,20 +216,30 @@ def data_build(
         f"  resolutions {manifest.resolutions[0]}..{manifest.resolutions[-1]}, "
         f"{len(manifest.shards)} shards, {manifest.total_bytes / 1e6:.1f} MB"
     )
+    if destination is not None:
+        sent = published.upload
+        typer.echo(
+            f"  uploaded {sent.uploaded} files ({sent.unchanged} already there, "
+            f"{sent.removed} stale removed), {sent.bytes / 1e6:.1f} MB in all"
+        )
 
 
 @data_app.command("verify")
 def data_verify(
-    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Dataset folder.")],
+    directory: Annotated[
+        str, typer.Argument(metavar="DIR", help="Dataset folder or s3://BUCKET/PREFIX.")
+    ],
 ) -> None:
-    """Re-hash every shard against DIR/manifest.json; exit 1 naming each missing, extra or
-    corrupted shard."""
+    """Re-hash every shard (streamed from S3 for s3://) against DIR/manifest.json; exit 1 naming
+    each missing, extra or corrupted shard."""
     from trainers.data.format import DatasetNotFoundError, load_manifest, verify_dataset
 
     try:
         result = verify_dataset(directory)
-    except DatasetNotFoundError as error:
+    except (DatasetNotFoundError, ValueError) as error:  # ValueError: a malformed s3:// URL
         raise _fail(str(error), USAGE_ERROR) from None
+    except OSError as error:  # S3 unreachable, access denied, a shard unreadable
+        raise _fail(f"could not verify {directory}: {error}", RUNTIME_ERROR) from None
     for kind in ("missing", "extra", "corrupted"):
         for path in getattr(result, kind):
             typer.secho(f"{kind}: {path}", err=True, fg=typer.colors.RED)

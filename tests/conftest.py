@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -35,6 +36,35 @@ def prefect_api() -> str:
 def subprocess_env(prefect_api: str) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return os.environ | {"PREFECT_API_URL": prefect_api, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A real S3 endpoint on 127.0.0.1 (moto in server mode, reachable from subprocesses and
+    loader workers) with dummy credentials, which boto3's chain takes before any in ~/.aws. Set
+    in this process's environment for the session (restored after); yields those variables to
+    add to a subprocess's env."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    variables = {
+        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "ganforge-test-key-id",
+        "AWS_SECRET_ACCESS_KEY": "ganforge-test-secret-d41d8cd98f00b204e980",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    yield variables
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
 
 
 def ganforge(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, **kw):

@@ -115,14 +115,16 @@ class LaunchResult:
 def check_dataset(config: TrainConfig) -> None:
     """Every resolution the run trains must be in the dataset; else a LaunchError that names
     what is missing and the command that builds it."""
-    root = Path(config.data)
+    root = config.data  # a folder or s3://BUCKET/PREFIX
     build = f"ganforge data build --out {config.data} --max-resolution {config.model.resolution}"
-    if not (root / MANIFEST_NAME).is_file():
-        raise LaunchError(f"no dataset at {root} (no {MANIFEST_NAME}); build it with `{build}`")
     try:
         manifest = load_manifest(root)
-    except DatasetNotFoundError as error:
-        raise LaunchError(str(error)) from None
+    except DatasetNotFoundError:
+        raise LaunchError(
+            f"no dataset at {root} (no {MANIFEST_NAME}); build it with `{build}`"
+        ) from None
+    except OSError as error:  # S3 unreachable or access denied
+        raise LaunchError(f"cannot read the dataset at {root}: {error}") from None
     missing = [r for r in config.resolutions if not manifest.shards_at(r)]
     if missing:
         raise LaunchError(

@@ -4,11 +4,17 @@ Shards are split by rank, then by loader worker (disjoint while there are enough
 and resampled with replacement inside each split, so the stream never runs dry: every rank
 yields exactly `batches_per_epoch` batches per epoch whatever the shard count and world size,
 and no rank waits at an epoch end for another (the hang of uneven DDP epochs).
+
+A dataset is a folder or s3://BUCKET/PREFIX: S3 shards stream straight from boto3 (registered
+below as webdataset's s3:// opener), no temp files, no shell commands. Every shard read to its
+end is checked against the manifest's size and sha256 (measured at 64², one process: 7% fewer
+images/s through parse + PNG decode); see _CheckedShard for what a mismatch does.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import multiprocessing
@@ -22,13 +28,16 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from trainers.data import s3
 from trainers.data.format import (
     IMAGE_EXTENSION,
     DatasetNotFoundError,
+    dataset_at,
     load_manifest,
 )
 
 log = logging.getLogger(__name__)
+wds.gopen_schemes["s3"] = s3.gopen_s3
 
 
 def assign_shards(urls: list[str], rank: int, world_size: int, worker: int, workers: int):
@@ -74,22 +83,62 @@ def ustar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         yield (f"{prefix}/{name}" if prefix else name), data
 
 
+_VERIFY_HINT = " (run `ganforge data verify` on the dataset)"
+
+
+class _CheckedShard:
+    """A shard stream that hashes what the tar parser reads; check() reads what it left (the
+    tar's end blocks) and raises ValueError unless size and sha256 are the manifest's.
+
+    The verdict comes once the shard has been read through, its samples yielded: each of them
+    passed the tar header checksum, the PNG CRCs and the size check, so what gets through is
+    valid images of other bytes (e.g. a shard of another build). Holding a shard back until its
+    hash is known would mean buffering it whole (hundreds of MB at 1024²); the mismatch is
+    counted as a skip and logged on every read instead. `ganforge data verify` refuses such a
+    shard before any training."""
+
+    def __init__(self, stream: BinaryIO, size: int, sha256: str):
+        self._stream = stream
+        self._expected = size, sha256
+        self._digest, self._size = hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._digest.update(data)
+        self._size += len(data)
+        return data
+
+    def check(self) -> None:
+        while self.read(1 << 20):
+            pass
+        size, sha256 = self._expected
+        if self._size != size:
+            raise ValueError(f"{self._size} bytes, the manifest lists {size}{_VERIFY_HINT}")
+        if self._digest.hexdigest() != sha256:
+            raise ValueError(f"sha256 differs from the manifest's{_VERIFY_HINT}")
+
+
 def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     """webdataset's tarfile_to_samples with ustar_members as the tar parser: shard URLs ->
-    opened streams -> file dicts (an empty dict ends each shard) -> samples grouped by key."""
+    opened streams -> file dicts (an empty dict ends each shard) -> samples grouped by key.
+    A URL dict with "bytes" and "sha256" has its shard checked when read to its end."""
 
     def files() -> Iterator[dict]:
         for source in wds.tariterators.url_opener(urls, handler=handler):
             stream = source["stream"]
             try:
+                if "sha256" in source:
+                    stream = _CheckedShard(stream, source["bytes"], source["sha256"])
                 for name, data in ustar_members(stream):
                     yield {"fname": name, "data": data, "__url__": source["url"]}
+                if isinstance(stream, _CheckedShard):
+                    stream.check()
             except Exception as error:  # noqa: BLE001  (the handler decides: skip or raise)
                 error.args = (f"{source['url']}: {error}",)
                 if not handler(error):
                     raise
             finally:
-                stream.close()
+                source["stream"].close()
             yield {}  # end of shard: no sample spans two shards
 
     return wds.tariterators.group_by_keys(files(), handler=handler)
@@ -138,7 +187,7 @@ class ShardReader:
         batches_per_epoch: int | None = None,
         device: torch.device | str | None = None,
     ):
-        manifest = load_manifest(Path(root))
+        manifest = load_manifest(root)
         shards = manifest.shards_at(resolution)
         if not shards:
             raise DatasetNotFoundError(
@@ -146,7 +195,9 @@ class ShardReader:
                 f"{manifest.resolutions}); build them with `ganforge data build --out {root} "
                 f"--max-resolution {max(resolution, max(manifest.resolutions))}`"
             )
-        self.urls = [str(Path(root) / s.path) for s in shards]
+        dataset = dataset_at(root)
+        self.urls = [dataset.url(s.path) for s in shards]
+        self._expected = {dataset.url(s.path): (s.bytes, s.sha256) for s in shards}
         self.resolution = resolution
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
@@ -182,7 +233,9 @@ class ShardReader:
         urls = assign_shards(self.urls, self.rank, self.world_size, worker, workers)
         rng = random.Random(str(self._stream_seed()))
         while True:
-            yield {"url": rng.choice(urls)}
+            url = rng.choice(urls)
+            size, sha256 = self._expected[url]
+            yield {"url": url, "bytes": size, "sha256": sha256}
 
     def _shuffle(self, samples: Iterator[dict]) -> Iterator[dict]:
         rng = random.Random(str(self._stream_seed() + ["shuffle"]))

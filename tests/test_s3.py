@@ -1,0 +1,152 @@
+"""Datasets on S3 (moto in server mode on 127.0.0.1, a real HTTP endpoint): `ganforge data build
+--out s3://` uploads the bytes a local build writes, manifest last; `data verify s3://` refuses
+a changed shard; the training reader streams s3:// shards and checks them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+
+from tests.conftest import ganforge, tree_bytes
+from trainers.data import s3
+from trainers.data.format import MANIFEST_NAME, REPORT_NAME, load_manifest
+from trainers.data.reader import ShardReader
+
+BUCKET = "ganforge-test"
+# the small_dataset fixture's options: a deterministic build gives the same bytes
+SMALL = ["--num-images", "40", "--max-resolution", "32", "--shard-size", "16", "--seed", "3"]
+
+
+def objects(prefix: str) -> dict[str, bytes]:
+    root = s3.S3Dataset(s3.S3Url(BUCKET, prefix))
+    return {name: root.read(name) for name in root.files([""])}
+
+
+def upload_copy(local, prefix: str) -> s3.S3Url:
+    destination = s3.S3Url(BUCKET, prefix)
+    s3.upload_dataset(local, destination)
+    return destination
+
+
+def damage(url: s3.S3Url, offset: int) -> None:
+    """Flip one byte of an object in the bucket."""
+    with s3.open_object(url) as stream:
+        data = bytearray(stream.read())
+    data[offset] ^= 0xFF
+    s3.client().put_object(Bucket=url.bucket, Key=url.key, Body=bytes(data))
+
+
+@pytest.fixture(scope="module")
+def env(s3_env, subprocess_env, tmp_path_factory):
+    s3.client().create_bucket(Bucket=BUCKET)
+    return subprocess_env | s3_env | {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="module")
+def cli_build(env):
+    """`ganforge data build --out s3://ganforge-test/cli` with the small_dataset options."""
+    return ganforge(
+        "data", "build", "--out", f"s3://{BUCKET}/cli", *SMALL, "--workers", "2", env=env
+    )
+
+
+def test_build_uploads_the_local_build_bytes_and_no_secret(cli_build, env, small_dataset):
+    assert cli_build.returncode == 0, cli_build.stderr
+    assert f"built s3://{BUCKET}/cli: 40 accepted" in cli_build.stdout
+    uploaded = objects("cli")
+    assert uploaded == tree_bytes(small_dataset)  # manifest, report and every shard
+    staging = env["XDG_CACHE_HOME"] + f"/ganforge/staging/{BUCKET}/cli"
+    assert not os.path.exists(staging)  # removed once the upload is complete
+    written = [cli_build.stdout.encode(), cli_build.stderr.encode(), *uploaded.values()]
+    for credential in (env["AWS_SECRET_ACCESS_KEY"], env["AWS_ACCESS_KEY_ID"]):
+        assert not [text for text in written if credential.encode() in text]
+
+
+def test_manifest_is_deleted_first_and_written_last(env, small_dataset):
+    """The order S3 acknowledged the writes in: a reader sees no manifest, then every shard
+    and the report, then the manifest."""
+    writes = []
+
+    def named(params, context, **_):
+        context["test_key"] = params.get("Key")
+
+    def acknowledged(model, context, **_):
+        if model.name in ("PutObject", "CompleteMultipartUpload", "DeleteObject"):
+            writes.append((model.name, context.get("test_key").removeprefix("order/")))
+
+    events = s3.client().meta.events
+    events.register("provide-client-params.s3", named)
+    events.register("after-call.s3", acknowledged)
+    try:
+        upload_copy(small_dataset, "order")
+    finally:
+        events.unregister("provide-client-params.s3", named)
+        events.unregister("after-call.s3", acknowledged)
+    shards = {s.path for s in load_manifest(small_dataset).shards}
+    assert writes[0] == ("DeleteObject", MANIFEST_NAME)
+    assert {key for _, key in writes[1:-2]} == shards
+    assert writes[-2:] == [("PutObject", REPORT_NAME), ("PutObject", MANIFEST_NAME)]
+
+
+def test_verify_s3_names_a_changed_shard_and_an_extra_one(cli_build, env, small_dataset):
+    ok = ganforge("data", "verify", f"s3://{BUCKET}/cli", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert f"ok s3://{BUCKET}/cli: 12 shards verified" in ok.stdout
+    root = upload_copy(small_dataset, "changed")
+    shard = load_manifest(small_dataset).shards_at(16)[1].path
+    damage(root.join(shard), offset=-1)  # the tar's end padding: same size, other sha256
+    s3.client().put_object(Bucket=BUCKET, Key=root.join("r0004/stray.tar").key, Body=b"x")
+    bad = ganforge("data", "verify", str(root), env=env)
+    assert bad.returncode == 1
+    assert f"corrupted: {shard}" in bad.stderr and "extra: r0004/stray.tar" in bad.stderr
+    assert f"{root} does not match its manifest" in bad.stderr
+    none = ganforge("data", "verify", f"s3://{BUCKET}/nothing-here", env=env)
+    assert none.returncode == 2 and "manifest.json does not exist" in none.stderr
+
+
+def test_reader_over_s3_yields_the_local_batches(cli_build, small_dataset):
+    def batches(root):
+        reader = ShardReader(root, 16, batch_size=8, num_workers=2, batches_per_epoch=6, seed=1)
+        return list(reader), reader.skipped
+
+    local, remote = batches(small_dataset), batches(f"s3://{BUCKET}/cli")
+    assert len(remote[0]) == 6 and remote[1] == local[1] == 0  # every shard passed its check
+    assert all(torch.equal(a, b) for a, b in zip(local[0], remote[0], strict=True))
+
+
+def test_reader_counts_a_shard_whose_sha256_differs(env, small_dataset, caplog):
+    root = upload_copy(small_dataset, "mismatch")
+    shard = load_manifest(small_dataset).shards_at(8)[0].path
+    damage(root.join(shard), offset=-1)  # every sample still decodes: only the hash can tell
+    reader = ShardReader(str(root), 8, batch_size=4, num_workers=0, batches_per_epoch=30)
+    with caplog.at_level(logging.WARNING, logger="trainers.data.reader"):
+        assert sum(1 for _ in reader) == 30
+    warnings = [r.getMessage() for r in caplog.records if r.name == "trainers.data.reader"]
+    assert warnings and reader.skipped == len(warnings)  # a skip for each read through
+    assert all(f"{root.join(shard)}: sha256 differs" in warning for warning in warnings)
+
+
+def test_a_read_cut_mid_stream_resumes_where_it_stopped(env, small_dataset, caplog):
+    shard = load_manifest(small_dataset).shards_at(32)[0].path
+    root = upload_copy(small_dataset, "resume")
+    with s3.ObjectStream(root.join(shard)) as stream, caplog.at_level(logging.WARNING):
+        head = stream.read(1000)
+        stream._body.close()  # the connection drops: the next read gets a short body
+        rest = stream.readall()
+    assert head + rest == (small_dataset / shard).read_bytes()
+    assert [r for r in caplog.records if "failed at byte 1000" in r.getMessage()]
+
+
+def test_multipart_upload_checksum_is_checked_and_a_rerun_sends_nothing(env, tmp_path, monkeypatch):
+    monkeypatch.setattr(s3, "PART_BYTES", 5 << 20)  # S3's smallest part
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(11 << 20))
+    url = s3.S3Url(BUCKET, "multipart/big.bin")
+    assert s3._upload_file(big, url, None, lambda sent: None) is True
+    head = s3.client().get_object(Bucket=BUCKET, Key=url.key, ChecksumMode="ENABLED")
+    head["Body"].close()
+    assert head["ChecksumSHA256"].endswith("-3")  # three parts: S3's composite checksum
+    assert s3._upload_file(big, url, None, lambda sent: None) is False
