@@ -282,7 +282,7 @@ def data_stats(
     )
 
     for resolution in config.resolutions:
-        evaluation = Evaluation(torch.nn.Identity(), resolution, Path(config.data))
+        evaluation = Evaluation(torch.nn.Identity(), resolution, config.data)
         for metric in map(get_metric, config.metrics):
             try:
                 metric.prepare(evaluation)
@@ -410,7 +410,7 @@ def evaluate(
     evaluation = Evaluation(
         source.generator,
         source.resolution,
-        Path(data or source.data),
+        data or source.data,
         device,
         seed=seed,
         fade_alpha=source.fade_alpha,

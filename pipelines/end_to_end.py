@@ -116,9 +116,9 @@ def input_key(config: TrainConfig) -> str:
     """What a training's result depends on: its resolved config, the dataset version, the code."""
     from trainers.data.format import load_manifest
 
-    data = Path(config.data).resolve()
+    data = config.data if "://" in config.data else str(Path(config.data).resolve())
     parts = {
-        "config": config.model_dump(mode="json") | {"data": str(data)},
+        "config": config.model_dump(mode="json") | {"data": data},
         "dataset": load_manifest(data).digest(),
         "code": code_digest(),
     }

@@ -89,13 +89,17 @@ def _stop_group(server: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(
-    tmp_dir: Path, database: str | None = None, timeout: float = 120.0
+    tmp_dir: Path,
+    database: str | None = None,
+    artifacts: str | None = None,
+    timeout: float = 120.0,
 ) -> Iterator[str]:
     """A real `mlflow server` on a fresh PostgreSQL database; yields its URL.
 
     The database (`database`, or a unique name) is created here and dropped on exit.
-    Artifacts are proxied by the server into `tmp_dir / "artifacts"`, so clients need only
-    HTTP access. The server's output goes to `tmp_dir / "mlflow-server.log"`.
+    Artifacts are proxied by the server into `artifacts` (e.g. s3://bucket/prefix, through
+    boto3's chain and MLFLOW_S3_ENDPOINT_URL; default `tmp_dir / "artifacts"`), so clients
+    need only HTTP access. The server's output goes to `tmp_dir / "mlflow-server.log"`.
     """
     user = pg_user()
     database = database or f"mlflow_test_{uuid.uuid4().hex[:12]}"
@@ -108,11 +112,14 @@ def mlflow_server(
         command = [
             MLFLOW, "server",
             "--backend-store-uri", f"postgresql+psycopg2://{user}@{PG_HOST}:{PG_PORT}/{database}",
-            "--artifacts-destination", str(tmp_dir / "artifacts"),
+            "--artifacts-destination", artifacts or str(tmp_dir / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1",
         ]  # fmt: skip
-        with _serving(command, os.environ | SERVER_ENV, f"{url}/health", log, timeout):
+        env = os.environ | SERVER_ENV
+        if "AWS_ENDPOINT_URL_S3" in env:  # MLflow's S3 store reads its own variable
+            env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL_S3"])
+        with _serving(command, env, f"{url}/health", log, timeout):
             yield url
     finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", user)

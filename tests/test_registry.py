@@ -4,6 +4,7 @@ back ready to sample, `ganforge sample` and `evaluate` from the registry, the pr
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,23 +166,27 @@ def test_promotion_gate_moves_champion_only_to_a_better_version(trained, client,
 
 
 @pytest.mark.slow
-def test_registry_through_a_real_mlflow_server_on_postgresql(trained, tmp_path):
+def test_registry_through_a_real_mlflow_server_on_postgresql_and_s3(trained, s3_env, tmp_path):
     """The team setup: runs, models and aliases in PostgreSQL behind `mlflow server`, artifacts
-    sent over HTTP to the server's store; registered, promoted and sampled through it."""
+    sent over HTTP to the server, which keeps them on S3 (moto); a checkpoint and a model
+    round-trip, the model is promoted and sampled through the server."""
+    import boto3
     from mlflow import MlflowClient
 
     _, checkpoint, progress = trained
+    boto3.client("s3").create_bucket(Bucket="team-mlflow")
     database = f"mlflow_test_{uuid.uuid4().hex[:12]}"
-    (tmp_path / "server").mkdir()
-    with mlflow_server(tmp_path / "server", database=database) as url:
+    server = mlflow_server(tmp_path / "server", database, artifacts="s3://team-mlflow/artifacts")
+    with server as url:
         client = MlflowClient(url)
         run = client.create_run(experiment_id(client, "ganforge", url), run_name="on-server")
         client.log_metric(run.info.run_id, "swd1k", 1.5, step=progress.images)
+        client.log_artifacts(run.info.run_id, str(checkpoint), "checkpoint")
         client.set_terminated(run.info.run_id)
         release = register_generator(checkpoint, run.info.run_id, url)
         assert (release.name, release.version, release.gate_value) == (NAME, "1", 1.5)
 
-        env = env_for(url)
+        env = env_for(url) | s3_env
         promoted = ganforge("promote", NAME, "--version", "1", env=env)
         assert promoted.returncode == 0, promoted.stderr
         out = tmp_path / "grid.png"
@@ -194,8 +199,14 @@ def test_registry_through_a_real_mlflow_server_on_postgresql(trained, tmp_path):
         grids = [np.asarray(Image.open(p), np.int16) for p in (out, tmp_path / "local.png")]
         assert np.abs(grids[0] - grids[1]).max() <= 1
 
+        back = Path(client.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path)))
+        assert (back / "state.pt").read_bytes() == (checkpoint / "state.pt").read_bytes()
         assert client.get_run(run.info.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
-        assert list((tmp_path / "server" / "artifacts").rglob("MLmodel"))  # the server's store
+        stored = boto3.client("s3").list_objects_v2(Bucket="team-mlflow")["Contents"]
+        keys = [item["Key"] for item in stored]
+        assert any(k.endswith("/checkpoint/state.pt") for k in keys)
+        assert any(k.endswith("/MLmodel") for k in keys)  # the registered model is on S3 too
+        assert not (tmp_path / "server" / "artifacts").exists()
         user = pg_user()
         assert psql("select name from registered_models", user, database) == NAME
         aliases = psql("select alias from registered_model_aliases order by alias", user, database)

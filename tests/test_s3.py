@@ -117,6 +117,23 @@ def test_reader_over_s3_yields_the_local_batches(cli_build, small_dataset):
     assert all(torch.equal(a, b) for a, b in zip(local[0], remote[0], strict=True))
 
 
+def test_swd_over_s3_equals_the_local_measurement(cli_build, small_dataset, env, monkeypatch):
+    """Metrics read the real side straight from S3, and cache it in this machine's cache."""
+    from trainers.metrics.registry import Evaluation, evaluate, statistics_dir
+    from trainers.networks.progan import ProGANGenerator
+
+    monkeypatch.setenv("GANFORGE_CACHE_DIR", env["XDG_CACHE_HOME"])
+    torch.manual_seed(0)
+    generator = ProGANGenerator(latent_dim=16, max_resolution=16, fmap_base=64, fmap_max=16)
+    results = [
+        evaluate(["swd1k"], Evaluation(generator, 16, data, chunk_size=8))
+        for data in (f"s3://{BUCKET}/cli", small_dataset)
+    ]
+    assert results[0] == pytest.approx(results[1], rel=1e-6)
+    assert str(statistics_dir(f"s3://{BUCKET}/cli")).startswith(env["XDG_CACHE_HOME"])
+    assert any(statistics_dir(f"s3://{BUCKET}/cli").rglob("*.npy"))
+
+
 def test_reader_counts_a_shard_whose_sha256_differs(env, small_dataset, caplog):
     root = upload_copy(small_dataset, "mismatch")
     shard = load_manifest(small_dataset).shards_at(8)[0].path

@@ -215,9 +215,7 @@ FAMILIES: dict[str, type[BaseModel]] = {
 }
 
 
-def describe_validation_error(
-    error: ValidationError, root: type[BaseModel] | None = None
-) -> str:
+def describe_validation_error(error: ValidationError, root: type[BaseModel] | None = None) -> str:
     """One line per problem, naming the key as a dotted path; an unknown key also lists the
     keys allowed at that place (in `root`, TrainConfig by default), so a typo is fixed without
     opening the source."""

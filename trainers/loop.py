@@ -441,7 +441,7 @@ class Trainer:
         evaluation = Evaluation(
             self.G_ema if self.G_ema is not None else self.G,
             self.stage.resolution,
-            Path(self.config.data),
+            self.config.data,
             self.device,
             seed=self.config.seed,
             fade_alpha=self.stage.fade_alpha,

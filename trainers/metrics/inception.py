@@ -252,7 +252,8 @@ class FIDInception(nn.Module):
         return x.mean(dim=(2, 3))  # [N, 2048, 8, 8] -> [N, 2048]
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """${GANFORGE_CACHE_DIR}, default ~/.cache/ganforge: downloads and local copies."""
     configured = os.environ.get(CACHE_DIR_ENV)
     return Path(configured) if configured else Path.home() / ".cache" / "ganforge"
 
@@ -315,7 +316,7 @@ def inception_weights_path(url: str = WEIGHTS_URL) -> Path:
                 f"{WEIGHTS_FILENAME} ({url}) or unset it to use the download cache"
             )
         return path
-    cached = _cache_dir() / WEIGHTS_FILENAME
+    cached = cache_dir() / WEIGHTS_FILENAME
     if cached.is_file():
         return cached
     if _offline():

@@ -31,10 +31,11 @@ import torch.distributed as dist
 from torch import nn
 
 from trainers import distributed
-from trainers.data.format import IMAGE_EXTENSION, load_manifest
+from trainers.data.format import IMAGE_EXTENSION, dataset_at, load_manifest
 from trainers.data.reader import decode_image, to_model_range, ustar_members
+from trainers.data.s3 import S3Url, is_s3_url
 from trainers.metrics import BEGAN_CONVERGENCE, parse_metric_name, swd
-from trainers.metrics.inception import InceptionWeightsUnavailable, load_fid_inception
+from trainers.metrics.inception import InceptionWeightsUnavailable, cache_dir, load_fid_inception
 from trainers.metrics.statistics import (
     FeatureStatistics,
     frechet_distance,
@@ -49,7 +50,10 @@ STATISTICS_VERSION = 1  # bump when the way real statistics are computed changes
 
 def statistics_dir(data: str | Path) -> Path:
     """Where a dataset's real statistics live: beside it, not inside (the dataset folder is
-    one DVC output, the statistics another)."""
+    one DVC output, the statistics another); for s3://BUCKET/PREFIX, in this machine's cache."""
+    if is_s3_url(data):
+        url = S3Url.parse(str(data))
+        return cache_dir() / "stats" / url.bucket / f"{url.key}.stats"
     data = Path(data)
     return data.parent / f"{data.name}.stats"
 
@@ -60,7 +64,7 @@ class Evaluation:
 
     generator: nn.Module  # G, or G_ema when the family keeps one
     resolution: int
-    data: Path
+    data: str | Path  # a dataset folder or s3://BUCKET/PREFIX
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0  # fixes the latents and every random draw of the metrics
     fade_alpha: float = 1.0
@@ -132,7 +136,7 @@ def _seed(seed: int, chunk: int, salt: str = "latents") -> int:
 
 
 def real_chunks(
-    data: Path,
+    data: str | Path,
     resolution: int,
     device: torch.device,
     limit: int | None = None,
@@ -142,7 +146,8 @@ def real_chunks(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Chunks of the dataset's images in manifest order (chunk k: images k·chunk_size ...);
     rank r decodes chunks r, r + W, ... Evaluation's reader: every image once, no shuffling."""
-    shards = load_manifest(Path(data)).shards_at(resolution)
+    dataset = dataset_at(data)
+    shards = load_manifest(data).shards_at(resolution)
     total = sum(s.count for s in shards)
     limit = total if limit is None else min(limit, total)
     first = 0  # global index of the shard's first image
@@ -150,7 +155,7 @@ def real_chunks(
         wanted = range(max(first, 0), min(first + shard.count, limit))
         chunks = {i // chunk_size for i in wanted if (i // chunk_size) % world_size == rank}
         if chunks:
-            with open(Path(data) / shard.path, "rb") as stream:
+            with dataset.open(shard.path) as stream:
                 encoded = [p for n, p in ustar_members(stream) if n.endswith(IMAGE_EXTENSION)]
             for chunk in sorted(chunks):  # a chunk across two shards comes in two parts
                 start = max(chunk * chunk_size, wanted.start) - first
@@ -200,10 +205,10 @@ def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     return array
 
 
-def real_statistics_path(data: Path, resolution: int, settings: str) -> Path:
+def real_statistics_path(data: str | Path, resolution: int, settings: str) -> Path:
     """Keyed by everything that changes the numbers: the dataset version (manifest digest),
     the resolution and the metric's settings."""
-    digest = load_manifest(Path(data)).digest()
+    digest = load_manifest(data).digest()
     key = hashlib.sha256(f"{STATISTICS_VERSION}:{digest}:{resolution}:{settings}".encode())
     return statistics_dir(data) / f"{resolution}" / f"{settings}-{key.hexdigest()[:16]}.npy"
 
