@@ -513,9 +513,13 @@ def train(
             "in the same MLflow run.",
         ),
     ] = False,
-    storage: Annotated[Path, typer.Option(help="Where runs live: <storage>/<run name>/.")] = Path(
-        "runs"
-    ),
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="Where runs live: <storage>/<run name>/, a folder every node sees or "
+            "s3://BUCKET/PREFIX."
+        ),
+    ] = "runs",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a GAN family on Ray Train (local Ray, or the cluster in RAY_ADDRESS); rank 0 logs

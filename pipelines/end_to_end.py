@@ -146,10 +146,11 @@ def train(
     """One Ray Train job, nested under the pipeline's MLflow run; resumes its own latest
     checkpoint when an earlier attempt (a retry, or a killed pipeline run) left one."""
     from trainers.launcher import LaunchRequest, launch
+    from trainers.run_storage import RunStorage
 
     family = config.model.family
     run_name = f"{family}-{key[:12]}"  # the same on a retry and in a later pipeline run
-    resume = any((storage / run_name).glob("checkpoint_*"))
+    resume = bool(RunStorage(storage).checkpoints(run_name))
     result = launch(
         LaunchRequest(
             config=config,
@@ -160,7 +161,8 @@ def train(
             tags={PARENT_RUN_TAG: parent_run_id, INPUT_KEY_TAG: key},
         )
     )
-    return Trained(family, result.mlflow_run_id, result.best_checkpoint or result.checkpoint, False)
+    checkpoint = Path(result.best_checkpoint or result.checkpoint)  # storage is a local folder
+    return Trained(family, result.mlflow_run_id, checkpoint, False)
 
 
 @task(cache_policy=NONE)

@@ -243,19 +243,37 @@ def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env
     assert times == sorted(times)
 
 
-def test_resume_continues_the_same_mlflow_run(small_dataset, train_env, mlflow_client, tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_resume_continues_the_same_mlflow_run(
+    storage, small_dataset, train_env, mlflow_client, request, tmp_path
+):
     """--max-kimg stops with a checkpoint; --resume continues from there in the same MLflow run,
-    kimg going on (not restarting at 0); a second start without --resume is refused."""
+    kimg going on (not restarting at 0); a second start without --resume is refused. With
+    --storage s3://… Ray writes the checkpoints to S3 (moto) and the resume reads them back."""
     client, _ = mlflow_client
-    data = ["--data", str(small_dataset)]
-    first = train("wgan_gp", "resumable", tmp_path, train_env, *data, "--max-kimg", "0.192")
+    name, env, extra = f"resumable-{storage}", train_env, ["--data", str(small_dataset)]
+    if storage == "s3":
+        import boto3
+
+        # local Ray started by the command, so its workers get this S3 endpoint and keys
+        env = {k: v for k, v in train_env.items() if k != "RAY_ADDRESS"}
+        env |= request.getfixturevalue("s3_env")
+        boto3.client("s3").create_bucket(Bucket="ganforge-runs")
+        extra += ["--storage", "s3://ganforge-runs/runs"]
+    first = train("wgan_gp", name, tmp_path, env, *extra, "--max-kimg", "0.192")
     assert first.returncode == 0, first.stderr[-3000:]
-    again = train("wgan_gp", "resumable", tmp_path, train_env, *data)
+    again = train("wgan_gp", name, tmp_path, env, *extra)
     assert again.returncode == 2 and "pass --resume" in again.stderr
-    second = train("wgan_gp", "resumable", tmp_path, train_env, *data, "--resume")
+    second = train("wgan_gp", name, tmp_path, env, *extra, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "to kimg 0.384" in second.stdout
-    run = run_by_name(client, "resumable")  # one run: the resume did not open another
+    if storage == "s3":
+        assert f"checkpoint s3://ganforge-runs/runs/{name}/checkpoint_" in second.stdout
+        listed = boto3.client("s3").list_objects_v2(Bucket="ganforge-runs", Prefix="runs/")
+        states = [o["Key"] for o in listed["Contents"] if o["Key"].endswith("/state.pt")]
+        assert len(states) == 2  # kimg 0.192 and 0.384 (checkpoints_to_keep: 2)
+        assert not (tmp_path / "runs").exists()
+    run = run_by_name(client, name)  # one run: the resume did not open another
     assert run.info.status == "FINISHED"
     assert FAMILY_METRICS["wgan_gp"] <= set(run.data.metrics)
     steps = [step for step, _ in history(client, run, "kimg")]

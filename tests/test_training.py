@@ -132,11 +132,14 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
     import json
     from dataclasses import asdict
 
-    from trainers.checkpoint import Progress, latest_complete_checkpoint, rng_name
+    from trainers.checkpoint import Progress, rng_name
+    from trainers.run_storage import RunStorage
+
+    storage, run = RunStorage(tmp_path), "run"
 
     def folder(name: str, images: int, writers: int, ranks: int, progress: str = "") -> Path:
-        directory = tmp_path / name
-        directory.mkdir()
+        directory = tmp_path / run / name
+        directory.mkdir(parents=True)
         for file in ("state.pt", "networks.json", "config.json"):
             (directory / file).write_bytes(b"x")
         for rank in range(ranks):
@@ -145,12 +148,13 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
         (directory / "progress.json").write_text(progress or text)
         return directory
 
-    assert latest_complete_checkpoint(tmp_path) is None
+    assert storage.latest_complete_checkpoint(run) is None
     folder("checkpoint_a", 320, writers=1, ranks=1)  # written before an elastic grow
-    older = folder("checkpoint_b", 640, writers=2, ranks=2)
+    folder("checkpoint_b", 640, writers=2, ranks=2)
     folder("checkpoint_c", 960, writers=2, ranks=1)  # newer but rank 1's RNG never arrived
     folder("checkpoint_d", 1280, writers=2, ranks=2, progress='{"images": 9')  # cut short
-    assert latest_complete_checkpoint(tmp_path) == older
+    assert storage.latest_complete_checkpoint(run) == "checkpoint_b"
+    assert storage.latest_run() == run
 
 
 @pytest.mark.parametrize("family", ["wgan_gp", "progan"])

@@ -135,20 +135,3 @@ def load_networks(
 
 def read_progress(directory: Path) -> Progress:
     return Progress.from_json(json.loads((directory / PROGRESS_NAME).read_text()))
-
-
-def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint folder under run_dir holding every file its writers wrote (rank
-    0's and one RNG file per rank), by images shown; None if there is none."""
-    needed = [STATE_NAME, NETWORKS_NAME, CONFIG_NAME, PROGRESS_NAME]
-    found = []
-    for directory in Path(run_dir).glob("checkpoint_*"):
-        if not all((directory / name).is_file() for name in needed):
-            continue
-        try:
-            progress = read_progress(directory)
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # a progress file cut short by the kill that interrupted its copy
-        if all((directory / rng_name(r)).is_file() for r in range(progress.world_size)):
-            found.append((progress.images, directory))
-    return max(found)[1] if found else None

@@ -13,16 +13,18 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from trainers.config import TrainConfig
 from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manifest
 from trainers.lineage import lineage_tags
 from trainers.metrics import UNSCORED
+from trainers.run_storage import RunStorage
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class TrainingFailed(RuntimeError):
 @dataclass(frozen=True)
 class LaunchRequest:
     config: TrainConfig
-    storage: Path  # runs live in storage/<run name>/
+    storage: str | Path  # runs live in <storage>/<run name>/: a folder or s3://BUCKET/PREFIX
     run_name: str | None = None  # default: <family>-<timestamp>; with resume: the latest run
     resume: bool = False
     use_gpu: bool = False  # nccl + bf16 autocast on one GPU per worker; gloo + fp32 otherwise
@@ -105,10 +107,10 @@ class LaunchRequest:
 @dataclass(frozen=True)
 class LaunchResult:
     run_name: str
-    run_dir: Path
+    run_dir: str  # <storage>/<run name>: a local path or an s3:// URL, as are the checkpoints
     kimg: float
-    checkpoint: Path | None
-    best_checkpoint: Path | None = None  # lowest score (the config's first metric), if measured
+    checkpoint: str | None
+    best_checkpoint: str | None = None  # lowest score (the config's first metric), if measured
     mlflow_run_id: str | None = None
 
 
@@ -133,30 +135,22 @@ def check_dataset(config: TrainConfig) -> None:
         )
 
 
-def _latest_run(storage: Path) -> str:
-    runs = (
-        [p for p in storage.glob("*/") if any(p.glob("checkpoint_*"))] if storage.is_dir() else []
-    )
-    if not runs:
-        raise LaunchError(f"--resume: no run with a checkpoint under {storage}")
-    return max(runs, key=lambda p: p.stat().st_mtime).name
-
-
-def resolve_run_name(request: LaunchRequest) -> str:
-    storage = request.storage
+def resolve_run_name(request: LaunchRequest, storage: RunStorage) -> str:
     if request.resume:
-        name = request.run_name or _latest_run(storage)
-        if not any((storage / name).glob("checkpoint_*")):
-            raise LaunchError(f"--resume: run {name!r} has no checkpoint under {storage}")
+        name = request.run_name or storage.latest_run()
+        if name is None:
+            raise LaunchError(f"--resume: no run with a checkpoint under {storage.uri}")
+        if not storage.checkpoints(name):
+            raise LaunchError(f"--resume: run {name!r} has no checkpoint under {storage.uri}")
         return name
     name = request.run_name or (
         f"{request.config.model.family}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
     if not RUN_NAME_PATTERN.match(name):
         raise LaunchError(f"--run-name {name!r}: use letters, digits, '.', '_' and '-'")
-    if (storage / name).exists():
+    if storage.exists(name):
         raise LaunchError(
-            f"run {name!r} already exists in {storage}: pass --resume to continue it, "
+            f"run {name!r} already exists in {storage.uri}: pass --resume to continue it, "
             "or choose another --run-name"
         )
     return name
@@ -165,21 +159,25 @@ def resolve_run_name(request: LaunchRequest) -> str:
 class _RaySession:
     """The loop's `Session` on Ray Train: resume point and checkpoint reporting."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, storage: str, run_name: str):
+        self.storage, self.run_name = storage, run_name
 
     @contextlib.contextmanager
     def restore_dir(self) -> Iterator[Path | None]:
         import ray.train
 
-        from trainers.checkpoint import latest_complete_checkpoint
-
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             # A worker killed right after reporting can take the report with it before Ray's
-            # controller registers it; the checkpoint is on disk all the same, so a restarted
+            # controller registers it; the checkpoint is stored all the same, so a restarted
             # group resumes from it rather than from zero (in a new MLflow run).
-            yield latest_complete_checkpoint(self.run_dir)
+            storage = RunStorage(self.storage)
+            kept = storage.latest_complete_checkpoint(self.run_name)
+            if kept is None:
+                yield None
+                return
+            with storage.local_copy(self.run_name, kept) as directory:
+                yield directory
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)
@@ -209,17 +207,23 @@ def _train_worker(payload: dict) -> None:
     # offline by default: MLflow's usage telemetry would call out of a cluster node
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     use_gpu = payload["use_gpu"]
+    storage = RunStorage(payload["storage"])
+    # sample grids go beside the checkpoints when those are local (on S3: a local temp folder;
+    # the grids reach MLflow either way)
+    run_dir = Path(storage.location(payload["run_name"]))
+    if not storage.is_local:
+        run_dir = Path(tempfile.gettempdir()) / "ganforge-runs" / payload["run_name"]
     options = RunOptions(
         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"),
         autocast_dtype=torch.bfloat16 if use_gpu else None,
         stop_kimg=payload["stop_kimg"],
-        run_dir=Path(payload["run_dir"]),
+        run_dir=run_dir,
         tracking_uri=payload["tracking_uri"],
         run_name=payload["run_name"],
         progress_bar=payload["progress_bar"],
         tags=payload["tags"],
     )
-    session = _RaySession(Path(payload["run_dir"]))
+    session = _RaySession(payload["storage"], payload["run_name"])
     trainer = Trainer(TrainConfig.model_validate(payload["config"]), options, session)
     try:
         trainer.run()
@@ -258,8 +262,8 @@ def launch(request: LaunchRequest) -> LaunchResult:
             except ValueError as error:
                 elastic = f"min_workers={config.min_workers}: " * (workers < config.workers)
                 raise LaunchError(f"{elastic}{error}") from None
-    storage = request.storage.resolve()
-    run_name = resolve_run_name(request)
+    storage = RunStorage(request.storage)
+    run_name = resolve_run_name(request, storage)
     address = os.environ.get("RAY_ADDRESS")
     if request.use_gpu and not address and not _cuda_available():
         raise LaunchError("--gpu: no CUDA device here; drop --gpu to train on CPU")
@@ -289,7 +293,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
         "tags": tags,
         "use_gpu": request.use_gpu,
         "stop_kimg": request.stop_kimg,
-        "run_dir": str(storage / run_name),
+        "storage": storage.uri,
         "run_name": run_name,
         "tracking_uri": resolve_tracking_uri(
             request.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -309,7 +313,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage.uri,
             # the latest checkpoint is always kept (to resume); with metrics, the best-scored too
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.checkpoints_to_keep,
@@ -327,32 +331,32 @@ def launch(request: LaunchRequest) -> LaunchResult:
     try:
         result = trainer.fit()
     except Exception as error:
-        from trainers.checkpoint import latest_complete_checkpoint
-
-        kept = latest_complete_checkpoint(storage / run_name)
+        kept = storage.latest_complete_checkpoint(run_name)
         restarts = f" (its max_failures={config.max_failures} restarts used up)" * bool(
             config.max_failures
         )
         where = (
-            f"the latest state is in {kept}; continue it with the same command plus "
+            f"the latest state is in {storage.location(run_name, kept)}; continue it with the "
+            "same command plus "
             f"--run-name {run_name} --storage {request.storage} --resume"
             if kept
             else "no checkpoint was written"
         )
         raise TrainingFailed(f"training failed{restarts}: {_root_cause(error)}; {where}") from error
-    checkpoint = Path(result.checkpoint.path) if result.checkpoint else None
-    from trainers.checkpoint import read_progress
-
-    progress = read_progress(checkpoint) if checkpoint else None
+    # Ray's checkpoint paths are in its filesystem's terms (no s3:// scheme): by folder name
+    latest = PurePosixPath(result.checkpoint.path).name if result.checkpoint else None
+    progress = storage.read_progress(run_name, latest) if latest else None
     scored = [
-        (m["score"], Path(c.path)) for c, m in result.best_checkpoints if m["score"] < UNSCORED
+        (m["score"], PurePosixPath(c.path).name)
+        for c, m in result.best_checkpoints
+        if m["score"] < UNSCORED
     ]
     best = min(scored)[1] if scored else None
     return LaunchResult(
         run_name,
-        storage / run_name,
+        storage.location(run_name),
         progress.kimg if progress else 0.0,
-        checkpoint,
-        best,
+        storage.location(run_name, latest) if latest else None,
+        storage.location(run_name, best) if best else None,
         progress.mlflow_run_id if progress else None,
     )

@@ -1,0 +1,119 @@
+"""Where runs live (`ganforge train --storage`): a local folder or s3://BUCKET/PREFIX, reached
+through pyarrow's filesystems as Ray Train reaches its storage_path (on S3 with the usual AWS
+settings, e.g. AWS_ENDPOINT_URL_S3). A run is <storage>/<run name>/ holding Ray's
+checkpoint_<time>/ folders, whose names sort in the order they were written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # trainers.checkpoint imports torch: the launcher starts Ray before that
+    from trainers.checkpoint import Progress
+
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class RunStorage:
+    def __init__(self, location: str | Path):
+        import pyarrow.fs
+
+        location = str(location)
+        if "://" in location:
+            self.filesystem, self.root = pyarrow.fs.FileSystem.from_uri(location)
+            self.uri = location.rstrip("/")
+        else:
+            self.filesystem = pyarrow.fs.LocalFileSystem()
+            self.root = self.uri = str(Path(location).resolve())
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.uri
+
+    def location(self, *parts: str) -> str:
+        """What users and Ray are told: a local path or an s3:// URL."""
+        return "/".join([self.uri, *parts])
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _names(self, *parts: str) -> dict[str, bool]:
+        """Entries of a folder: name -> is a folder; {} when it does not exist."""
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(self._path(*parts), allow_not_found=True)
+        return {
+            info.base_name: info.type == pyarrow.fs.FileType.Directory
+            for info in self.filesystem.get_file_info(selector)
+        }
+
+    def exists(self, run: str) -> bool:
+        import pyarrow.fs
+
+        return self.filesystem.get_file_info(self._path(run)).type != pyarrow.fs.FileType.NotFound
+
+    def checkpoints(self, run: str) -> list[str]:
+        """The run's checkpoint folder names, oldest first."""
+        return sorted(
+            name
+            for name, is_dir in self._names(run).items()
+            if is_dir and name.startswith(CHECKPOINT_PREFIX)
+        )
+
+    def latest_run(self) -> str | None:
+        """The run whose newest checkpoint is the newest of all."""
+        newest = [(self.checkpoints(run)[-1:], run) for run, d in self._names().items() if d]
+        found = [(names[0], run) for names, run in newest if names]
+        return max(found)[1] if found else None
+
+    def read_progress(self, run: str, checkpoint: str) -> Progress:
+        from trainers.checkpoint import PROGRESS_NAME, Progress
+
+        with self.filesystem.open_input_stream(self._path(run, checkpoint, PROGRESS_NAME)) as f:
+            return Progress.from_json(json.loads(f.read()))
+
+    def latest_complete_checkpoint(self, run: str) -> str | None:
+        """The newest checkpoint (by images shown) holding every file its writers wrote: rank
+        0's and one RNG file per rank (a kill can interrupt a copy); None if there is none."""
+        from trainers.checkpoint import (
+            CONFIG_NAME,
+            NETWORKS_NAME,
+            PROGRESS_NAME,
+            STATE_NAME,
+            rng_name,
+        )
+
+        needed = {STATE_NAME, NETWORKS_NAME, CONFIG_NAME, PROGRESS_NAME}
+        found = []
+        for checkpoint in self.checkpoints(run):
+            files = set(self._names(run, checkpoint))
+            if not needed <= files:
+                continue
+            try:
+                progress = self.read_progress(run, checkpoint)
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # a progress file cut short by the kill that interrupted its copy
+            if all(rng_name(rank) in files for rank in range(progress.world_size)):
+                found.append((progress.images, checkpoint))
+        return max(found)[1] if found else None
+
+    @contextlib.contextmanager
+    def local_copy(self, run: str, checkpoint: str) -> Iterator[Path]:
+        """The checkpoint as a local folder: itself, or a temporary download of it."""
+        if self.is_local:
+            yield Path(self._path(run, checkpoint))
+            return
+        import pyarrow.fs
+
+        with tempfile.TemporaryDirectory(prefix="ganforge-checkpoint-") as directory:
+            pyarrow.fs.copy_files(
+                self._path(run, checkpoint),
+                directory,
+                source_filesystem=self.filesystem,
+                destination_filesystem=pyarrow.fs.LocalFileSystem(),
+            )
+            yield Path(directory)
