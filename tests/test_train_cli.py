@@ -273,6 +273,13 @@ def test_resume_continues_the_same_mlflow_run(
         states = [o["Key"] for o in listed["Contents"] if o["Key"].endswith("/state.pt")]
         assert len(states) == 2  # kimg 0.192 and 0.384 (checkpoints_to_keep: 2)
         assert not (tmp_path / "runs").exists()
+        # the keys came from the environment and went nowhere: not in any output, not in
+        # MLflow's store (params, tags, artifacts' records), not in a file the runs wrote
+        secret = env["AWS_SECRET_ACCESS_KEY"].encode()
+        written = [mlflow_client[1].removeprefix("sqlite:///"), *tmp_path.rglob("*")]
+        for output in (first, again, second):
+            assert secret not in (output.stdout + output.stderr).encode()
+        assert not [p for p in map(Path, written) if p.is_file() and secret in p.read_bytes()]
     run = run_by_name(client, name)  # one run: the resume did not open another
     assert run.info.status == "FINISHED"
     assert FAMILY_METRICS["wgan_gp"] <= set(run.data.metrics)
