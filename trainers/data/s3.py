@@ -104,7 +104,7 @@ def client():
                 from botocore.config import Config
 
                 config = Config(
-                    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                    retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
                     connect_timeout=10,
                     read_timeout=60,
                     max_pool_connections=FILE_CONCURRENCY * PART_CONCURRENCY,
