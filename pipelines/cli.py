@@ -572,6 +572,20 @@ def _show_launcher_progress() -> None:
     logger.propagate = False  # inside a Prefect flow the root logger would print them again
 
 
+def _pipeline_config(path: Path):
+    """The validated pipeline config at `path`; exits 2 naming the bad key."""
+    from pipelines.end_to_end import PipelineConfig, load_pipeline_config
+    from trainers.config import describe_validation_error
+
+    try:
+        return load_pipeline_config(path)
+    except ValidationError as error:
+        message = describe_validation_error(error, PipelineConfig)
+        raise _fail(f"{path}: {message}", USAGE_ERROR) from None
+    except (OSError, ValueError) as error:
+        raise _fail(f"{path}: {error}", USAGE_ERROR) from None
+
+
 @pipeline_app.command("run")
 def pipeline_run(
     config: Annotated[
@@ -583,16 +597,7 @@ def pipeline_run(
     evaluate → register in MLflow (alias candidate) → promote (champion, through the gate) →
     a sample grid per model. A re-run skips what did not change. Logs to MLFLOW_TRACKING_URI
     (default ./mlflow.db); runs on the Prefect server in PREFECT_API_URL, else an ephemeral one."""
-    from pipelines.end_to_end import PipelineConfig, load_pipeline_config
-    from trainers.config import describe_validation_error
-
-    try:
-        pipeline = load_pipeline_config(config)
-    except ValidationError as error:
-        message = describe_validation_error(error, PipelineConfig)
-        raise _fail(f"{config}: {message}", USAGE_ERROR) from None
-    except (OSError, ValueError) as error:
-        raise _fail(f"{config}: {error}", USAGE_ERROR) from None
+    pipeline = _pipeline_config(config)
     _prefect_defaults()
     _show_launcher_progress()
     from pipelines.dataset.flow import local_run_settings
@@ -642,22 +647,13 @@ def pipeline_deploy(
     """Create or update a scheduled Prefect deployment of the pipeline on the Prefect server in
     PREFECT_API_URL. A worker runs it: `prefect worker start --pool ganforge`, in an
     environment with this checkout, MLFLOW_TRACKING_URI and RAY_ADDRESS."""
-    from pipelines.end_to_end import PipelineConfig, load_pipeline_config
-    from trainers.config import describe_validation_error
-
     if not os.environ.get("PREFECT_API_URL"):
         raise _fail(
             "PREFECT_API_URL is not set: a deployment lives on a Prefect server "
             "(`prefect server start`, then PREFECT_API_URL=http://<host>:4200/api)",
             USAGE_ERROR,
         )
-    try:
-        load_pipeline_config(source / config)
-    except ValidationError as error:
-        message = describe_validation_error(error, PipelineConfig)
-        raise _fail(f"{config}: {message}", USAGE_ERROR) from None
-    except (OSError, ValueError) as error:
-        raise _fail(f"{config}: {error}", USAGE_ERROR) from None
+    _pipeline_config(source / config)  # a bad config fails now, not at 3 am
     from pipelines.deploy import DeployError, deploy_pipeline
 
     try:
