@@ -3,6 +3,7 @@ plus one `ray start --address` per further node, each its own raylet with its ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -50,6 +51,15 @@ def running(pid: int) -> bool:
         return _stat(pid)[0] != "Z"
     except OSError:
         return False
+
+
+def kill(pid: int) -> None:
+    """SIGKILL, then wait (up to 30 s) until the process is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def parent_pid(pid: int) -> int:
@@ -102,10 +112,7 @@ class LocalCluster:
 
     def kill_raylet(self, pid: int) -> None:
         """SIGKILL a node's raylet, as a lost host; its workers exit when they lose it."""
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        kill(pid)
 
     def raylet_of(self, pid: int) -> int | None:
         """The raylet (of ours) a worker process runs under: Ray forks workers from it."""
@@ -119,4 +126,23 @@ class LocalCluster:
         return None
 
     def stop(self) -> None:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True)
+        """SIGKILL this cluster's own processes: every one whose command line names its temp
+        dir (GCS, raylets, monitors) and their descendants (agents, workers). `ray stop` would
+        stop every Ray on the machine, another test session's too."""
+        marker = str(self.temp_dir).encode()
+        parents, ours = {}, set()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit():
+                    parents[int(proc.name)] = parent_pid(int(proc.name))
+                    if marker in (proc / "cmdline").read_bytes():
+                        ours.add(int(proc.name))
+            except OSError:
+                continue
+        while True:  # add children until none is left out
+            children = {pid for pid, parent in parents.items() if parent in ours} - ours
+            if not children:
+                break
+            ours |= children
+        for pid in ours:
+            kill(pid)
