@@ -85,7 +85,7 @@ class FamilyOutcome:
     champion_uri: str  # models:/<name>@champion
     metrics: dict[str, float]  # measured at the registered checkpoint
     promotion: str  # what the gate decided
-    grid: Path | None
+    grid: Path  # from the registered model
     reused: bool
 
 
