@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+from trainers.tracking import resolve_tracking_uri
 
 if TYPE_CHECKING:
     import torch
@@ -293,12 +294,6 @@ def data_stats(
     typer.echo(f"real statistics of {config.data} in {statistics_dir(config.data)}")
 
 
-def _tracking_uri() -> str:
-    from trainers.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
-
-
 @dataclass
 class _Source:
     """The generator of --checkpoint or --model, at the stage it is sampled at."""
@@ -321,7 +316,7 @@ def _load_source(checkpoint: Path | None, model: str | None, device) -> _Source:
         from pipelines.registry import RegistryError, load_generator
 
         try:
-            loaded = load_generator(model, _tracking_uri())
+            loaded = load_generator(model, resolve_tracking_uri())
         except RegistryError as error:
             raise _fail(str(error), USAGE_ERROR) from None
         meta = loaded.metadata
@@ -466,7 +461,7 @@ def promote(
     from pipelines.registry import promote as gate
 
     try:
-        typer.echo(gate(name, version, _tracking_uri()))
+        typer.echo(gate(name, version, resolve_tracking_uri()))
     except RegistryError as error:
         raise _fail(str(error), USAGE_ERROR) from None
     except GateRefused as error:
@@ -604,7 +599,7 @@ def pipeline_run(
     from pipelines.end_to_end import run_pipeline
     from trainers.launcher import LaunchError, TrainingFailed
 
-    tracking_uri = _tracking_uri()
+    tracking_uri = resolve_tracking_uri()
     try:
         with local_run_settings():
             outcomes = run_pipeline(pipeline, tracking_uri)

@@ -320,5 +320,4 @@ def scheduled_pipeline(config: str = "configs/pipeline/quickstart.yaml") -> list
     MLFLOW_TRACKING_URI (default ./mlflow.db)."""
     from trainers.tracking import resolve_tracking_uri
 
-    tracking_uri = resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
-    return run_pipeline(load_pipeline_config(Path(config)), tracking_uri)
+    return run_pipeline(load_pipeline_config(Path(config)), resolve_tracking_uri())

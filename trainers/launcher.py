@@ -295,9 +295,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
         "stop_kimg": request.stop_kimg,
         "storage": storage.uri,
         "run_name": run_name,
-        "tracking_uri": resolve_tracking_uri(
-            request.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        ),
+        "tracking_uri": resolve_tracking_uri(request.tracking_uri),
         "progress_bar": request.progress_bar,
     }
     trainer = _lean_trainer_class(local_cluster=not address)(

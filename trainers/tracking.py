@@ -4,6 +4,7 @@ training continues the same MLflow run."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,9 +14,10 @@ from typing import Any
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store, in the working dir
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
-    """An absolute URI, so Ray workers (whose working dir differs) write the same store."""
-    uri = uri or DEFAULT_TRACKING_URI
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else MLFLOW_TRACKING_URI, else ./mlflow.db, as an absolute URI, so Ray workers
+    (whose working dir differs) write the same store."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
