@@ -328,14 +328,11 @@ def _load_source(checkpoint: Path | None, model: str | None, device) -> _Source:
             meta["metrics"],
             meta["kimg"],
         )
-    import json
-
-    from trainers.checkpoint import CONFIG_NAME, NETWORKS_NAME, load_networks, read_progress
-    from trainers.config import TrainConfig
+    from trainers.checkpoint import NETWORKS_NAME, load_networks, read_config, read_progress
 
     if not (checkpoint / NETWORKS_NAME).is_file():
         raise _fail(f"--checkpoint {checkpoint}: not a ganforge checkpoint", USAGE_ERROR)
-    config = TrainConfig.model_validate(json.loads((checkpoint / CONFIG_NAME).read_text()))
+    config = read_config(checkpoint)
     networks = load_networks(checkpoint, device)
     progress = read_progress(checkpoint)
     stage = config.growth_schedule.at(progress.kimg)

@@ -172,9 +172,9 @@ def evaluate(trained: Trained, tracking_uri: str, parent_run_id: str) -> dict[st
     from mlflow import MlflowClient
 
     from pipelines.registry import metrics_at
-    from trainers.checkpoint import CONFIG_NAME, read_progress
+    from trainers.checkpoint import read_config, read_progress
 
-    config = TrainConfig.model_validate_json((trained.checkpoint / CONFIG_NAME).read_text())
+    config = read_config(trained.checkpoint)
     client = MlflowClient(tracking_uri)
     step = read_progress(trained.checkpoint).images
     measured = metrics_at(client, trained.run_id, step, list(config.metrics))

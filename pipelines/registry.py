@@ -112,11 +112,10 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     import mlflow.pytorch
     from mlflow import MlflowClient
 
-    from trainers.checkpoint import CONFIG_NAME, load_networks, read_progress
-    from trainers.config import TrainConfig
+    from trainers.checkpoint import load_networks, read_config, read_progress
     from trainers.sampling import LatentSampler, seeded_latents
 
-    config = TrainConfig.model_validate_json((checkpoint / CONFIG_NAME).read_text())
+    config = read_config(checkpoint)
     progress = read_progress(checkpoint)
     stage = config.growth_schedule.at(progress.kimg)
     generator = load_networks(checkpoint)["G"]

@@ -15,9 +15,13 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
 
 STATE_NAME = "state.pt"
 NETWORKS_NAME = "networks.json"
@@ -131,6 +135,13 @@ def load_networks(
         network.load_state_dict(weights)
         networks[name] = network.to(device).eval().requires_grad_(False)
     return networks
+
+
+def read_config(directory: Path) -> TrainConfig:
+    """The resolved TrainConfig the checkpoint's run trained with."""
+    from trainers.config import TrainConfig
+
+    return TrainConfig.model_validate_json((directory / CONFIG_NAME).read_text())
 
 
 def read_progress(directory: Path) -> Progress:
