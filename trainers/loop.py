@@ -468,8 +468,9 @@ class Trainer:
         if self.logger is not None and results:
             self.logger.log_metrics(results, progress.images)
             if improved:
-                self.logger.set_tag("ganforge.score_metric", gate)
-                self.logger.set_tag("ganforge.best_kimg", f"{progress.kimg:.3f}")
+                self.logger.set_tags(
+                    {"ganforge.score_metric": gate, "ganforge.best_kimg": f"{progress.kimg:.3f}"}
+                )
         return results[gate] if gate is not None else UNSCORED
 
     def _log(self, global_batch: int) -> None:

@@ -115,9 +115,6 @@ class RunLogger:
 
         self._submit(log)
 
-    def set_tag(self, key: str, value: str) -> None:
-        self._submit(lambda: self.client.set_tag(self.run_id, key, value))
-
     def set_tags(self, tags: dict[str, str]) -> None:
         def log():
             from mlflow.entities import RunTag
