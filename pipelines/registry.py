@@ -216,6 +216,7 @@ def promote(name: str, version: str, tracking_uri: str) -> str:
     champion = _version(client, name, alias=CHAMPION)
     if champion is not None and champion.version == candidate.version:
         return f"{name} v{version} is already {CHAMPION} ({gate} {value:.6g})"
+    before = "no previous champion"
     if champion is not None:
         held = champion.tags.get(METRIC_TAG_PREFIX + gate)
         if held is None:
@@ -228,12 +229,8 @@ def promote(name: str, version: str, tracking_uri: str) -> str:
                 f"{name} v{version}: {gate} {value:.6g} does not beat {CHAMPION} "
                 f"v{champion.version}'s {float(held):.6g}; {CHAMPION} stays v{champion.version}"
             )
+        before = f"v{champion.version}'s {float(held):.6g}"
     client.set_registered_model_alias(name, CHAMPION, candidate.version)
-    before = (
-        f"v{champion.version}'s {float(champion.tags[METRIC_TAG_PREFIX + gate]):.6g}"
-        if champion is not None
-        else "no previous champion"
-    )
     return f"{name} v{version} is now {CHAMPION}: {gate} {value:.6g} (was {before})"
 
 
