@@ -9,11 +9,13 @@ import os
 
 import pytest
 import torch
+import webdataset as wds
 
 from tests.conftest import ganforge, tree_bytes
 from trainers.data import s3
-from trainers.data.format import MANIFEST_NAME, REPORT_NAME, load_manifest
-from trainers.data.reader import ShardReader
+from trainers.data.format import IMAGE_EXTENSION, MANIFEST_NAME, REPORT_NAME, load_manifest
+from trainers.data.reader import ShardReader, decode_image, ustar_members
+from trainers.metrics.registry import real_chunks
 
 BUCKET = "ganforge-test"
 # the small_dataset fixture's options: a deterministic build gives the same bytes
@@ -31,12 +33,24 @@ def upload_copy(local, prefix: str) -> s3.S3Url:
     return destination
 
 
-def damage(url: s3.S3Url, offset: int) -> None:
-    """Flip one byte of an object in the bucket."""
+def damage(url: s3.S3Url, offset: int, checksum: str | None = None) -> None:
+    """Flip one byte of an object in the bucket (S3 keeps the new bytes' SHA256 if asked)."""
     with s3.open_object(url) as stream:
         data = bytearray(stream.read())
     data[offset] ^= 0xFF
-    s3.client().put_object(Bucket=url.bucket, Key=url.key, Body=bytes(data))
+    extra = {"ChecksumAlgorithm": checksum} if checksum else {}
+    s3.client().put_object(Bucket=url.bucket, Key=url.key, Body=bytes(data), **extra)
+
+
+def shard_images(root, shards) -> set[bytes]:
+    """The uint8 pixels of every image of these shards, as bytes."""
+    found = set()
+    for shard in shards:
+        with open(root / shard.path, "rb") as stream:
+            for name, data in ustar_members(stream):
+                if name.endswith(IMAGE_EXTENSION):
+                    found.add(decode_image(data).numpy().tobytes())
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +148,47 @@ def test_swd_over_s3_equals_the_local_measurement(cli_build, small_dataset, env,
     assert any(statistics_dir(f"s3://{BUCKET}/cli").rglob("*.npy"))
 
 
-def test_reader_counts_a_shard_whose_sha256_differs(env, small_dataset, caplog):
-    root = upload_copy(small_dataset, "mismatch")
-    shard = load_manifest(small_dataset).shards_at(8)[0].path
-    damage(root.join(shard), offset=-1)  # every sample still decodes: only the hash can tell
+@pytest.mark.parametrize("checksum", ["SHA256", None], ids=["s3-sha256", "no-s3-sha256"])
+def test_reader_refuses_a_changed_shard_and_never_yields_its_images(
+    env, small_dataset, caplog, checksum
+):
+    """The damaged shard's images all still decode (the flipped byte is tar padding): only the
+    hash can tell. With the SHA256 S3 keeps of the new bytes, the HEAD alone refuses it."""
+    root = upload_copy(small_dataset, f"mismatch-{checksum}")
+    bad, *good = load_manifest(small_dataset).shards_at(8)
+    damage(root.join(bad.path), offset=-1, checksum=checksum)
+    gets = []
+    s3.client().meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"])
+    )
     reader = ShardReader(str(root), 8, batch_size=4, num_workers=0, batches_per_epoch=30)
     with caplog.at_level(logging.WARNING, logger="trainers.data.reader"):
-        assert sum(1 for _ in reader) == 30
+        pixels = torch.cat(list(reader)).add(1).mul(127.5).round().to(torch.uint8)
+    seen = {image.numpy().tobytes() for image in pixels}
+    assert seen <= shard_images(small_dataset, good)
+    assert not seen & shard_images(small_dataset, [bad])
     warnings = [r.getMessage() for r in caplog.records if r.name == "trainers.data.reader"]
-    assert warnings and reader.skipped == len(warnings)  # a skip for each read through
-    assert all(f"{root.join(shard)}: sha256 differs" in warning for warning in warnings)
+    assert reader.skipped == len(warnings) == 1  # refused once, then never picked again
+    assert f"{root.join(bad.path)}: " in warnings[0] and "differs" in warnings[0]
+    assert gets.count(root.join(bad.path).key) == (0 if checksum else 1)  # a hash-only read
+
+
+def test_every_shard_refused_is_an_error_for_training_and_evaluation(env, small_dataset):
+    root = upload_copy(small_dataset, "all-refused")
+    for shard in load_manifest(small_dataset).shards_at(4):
+        damage(root.join(shard.path), offset=-1)
+    reader = ShardReader(str(root), 4, batch_size=4, num_workers=0, batches_per_epoch=3)
+    with pytest.raises(s3.ShardMismatchError, match="every shard this reader was given differs"):
+        list(reader)
+    with pytest.raises(s3.ShardMismatchError, match="sha256 differs from the manifest"):
+        list(real_chunks(str(root), 4, torch.device("cpu")))
+
+
+def test_webdataset_opens_s3_shards_through_boto3(cli_build, small_dataset):
+    shard = load_manifest(small_dataset).shards_at(16)[0]
+    url = s3.S3Url(BUCKET, "cli").join(shard.path)
+    samples = list(wds.WebDataset(str(url), shardshuffle=False))
+    assert len(samples) == shard.count
 
 
 def test_a_read_cut_mid_stream_resumes_where_it_stopped(env, small_dataset, caplog):
@@ -159,6 +204,7 @@ def test_a_read_cut_mid_stream_resumes_where_it_stopped(env, small_dataset, capl
 
 def test_multipart_upload_checksum_is_checked_and_a_rerun_sends_nothing(env, tmp_path, monkeypatch):
     monkeypatch.setattr(s3, "PART_BYTES", 5 << 20)  # S3's smallest part
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 5 << 20)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(11 << 20))
     url = s3.S3Url(BUCKET, "multipart/big.bin")

@@ -5,18 +5,16 @@ and resampled with replacement inside each split, so the stream never runs dry: 
 yields exactly `batches_per_epoch` batches per epoch whatever the shard count and world size,
 and no rank waits at an epoch end for another (the hang of uneven DDP epochs).
 
-A dataset is a folder or s3://BUCKET/PREFIX: S3 shards stream straight from boto3 (registered
-below as webdataset's s3:// opener), no temp files, no shell commands. Every S3 shard read to
-its end is checked against the manifest's size and sha256, since other writers can replace an
-object; see _CheckedShard for what a mismatch does. Local shards are not: the check costs 7%
-of images/s (64², one process, parse + PNG decode), and a local dataset is checked by DVC and
-`ganforge data verify`.
+A dataset is a folder or s3://BUCKET/PREFIX: S3 shards stream straight from boto3, no temp
+files, no shell commands. An S3 shard is checked against the manifest before any of it is read,
+since other writers can replace an object (s3.open_shard); one that differs is refused, counted
+as a skip and not picked again, and never trained on. Local shards are not checked
+(format.LocalDataset.open_shard says why).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import multiprocessing
@@ -39,6 +37,8 @@ from trainers.data.format import (
 )
 
 log = logging.getLogger(__name__)
+# For webdataset used directly on our S3 shards (wds.WebDataset("s3://...")); ShardReader opens
+# them through s3.open_shard, which checks them first.
 wds.gopen_schemes["s3"] = s3.gopen_s3
 
 
@@ -85,62 +85,23 @@ def ustar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         yield (f"{prefix}/{name}" if prefix else name), data
 
 
-_VERIFY_HINT = " (run `ganforge data verify` on the dataset)"
-
-
-class _CheckedShard:
-    """A shard stream that hashes what the tar parser reads; check() reads what it left (the
-    tar's end blocks) and raises ValueError unless size and sha256 are the manifest's.
-
-    The verdict comes once the shard has been read through, its samples yielded: each of them
-    passed the tar header checksum, the PNG CRCs and the size check, so what gets through is
-    valid images of other bytes (e.g. a shard of another build). Holding a shard back until its
-    hash is known would mean buffering it whole (hundreds of MB at 1024²); the mismatch is
-    counted as a skip and logged on every read instead. `ganforge data verify` refuses such a
-    shard before any training."""
-
-    def __init__(self, stream: BinaryIO, size: int, sha256: str):
-        self._stream = stream
-        self._expected = size, sha256
-        self._digest, self._size = hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._digest.update(data)
-        self._size += len(data)
-        return data
-
-    def check(self) -> None:
-        while self.read(1 << 20):
-            pass
-        size, sha256 = self._expected
-        if self._size != size:
-            raise ValueError(f"{self._size} bytes, the manifest lists {size}{_VERIFY_HINT}")
-        if self._digest.hexdigest() != sha256:
-            raise ValueError(f"sha256 differs from the manifest's{_VERIFY_HINT}")
-
-
-def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
-    """webdataset's tarfile_to_samples with ustar_members as the tar parser: shard URLs ->
-    opened streams -> file dicts (an empty dict ends each shard) -> samples grouped by key.
-    A URL dict with "bytes" and "sha256" has its shard checked when read to its end."""
+def tar_samples(
+    urls: Iterable[str], open_shard: Callable[[str], BinaryIO], handler: Callable[[Exception], bool]
+) -> Iterator[dict]:
+    """webdataset's tarfile_to_samples with our opener and ustar_members as the tar parser:
+    shard URLs -> file dicts (an empty dict ends each shard) -> samples grouped by key."""
 
     def files() -> Iterator[dict]:
-        for source in wds.tariterators.url_opener(urls, handler=handler):
-            stream = source["stream"]
+        for url in urls:
             try:
-                if "sha256" in source:
-                    stream = _CheckedShard(stream, source["bytes"], source["sha256"])
-                for name, data in ustar_members(stream):
-                    yield {"fname": name, "data": data, "__url__": source["url"]}
-                if isinstance(stream, _CheckedShard):
-                    stream.check()
+                with open_shard(url) as stream:
+                    for name, data in ustar_members(stream):
+                        yield {"fname": name, "data": data, "__url__": url}
             except Exception as error:  # noqa: BLE001  (the handler decides: skip or raise)
-                error.args = (f"{source['url']}: {error}",)
+                if not isinstance(error, s3.ShardMismatchError):  # already names the shard
+                    error.args = (f"{url}: {error}",)
                 if not handler(error):
                     raise
-            finally:
-                source["stream"].close()
             yield {}  # end of shard: no sample spans two shards
 
     return wds.tariterators.group_by_keys(files(), handler=handler)
@@ -197,14 +158,10 @@ class ShardReader:
                 f"{manifest.resolutions}); build them with `ganforge data build --out {root} "
                 f"--max-resolution {max(resolution, max(manifest.resolutions))}`"
             )
-        dataset = dataset_at(root)
-        self.urls = [dataset.url(s.path) for s in shards]
-        # url -> the manifest's bytes and sha256, for the shards checked as they are read
-        self._expected = {}
-        if s3.is_s3_url(root):
-            self._expected = {
-                dataset.url(s.path): {"bytes": s.bytes, "sha256": s.sha256} for s in shards
-            }
+        self._dataset = dataset_at(root)
+        self._shards = {self._dataset.url(s.path): s for s in shards}
+        self.urls = list(self._shards)
+        self._refused: set[str] = set()  # this process's shards that differ from the manifest
         self.resolution = resolution
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
@@ -233,22 +190,32 @@ class ShardReader:
         worker = info.id if info else 0
         return [self.seed, self.epoch, self.rank, worker]
 
-    def _shard_urls(self) -> Iterator[dict]:
-        """Endless resampled shard URLs for this rank and loader worker."""
+    def _shard_urls(self) -> Iterator[str]:
+        """Endless resampled shard URLs for this rank and loader worker, less the refused."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         urls = assign_shards(self.urls, self.rank, self.world_size, worker, workers)
         rng = random.Random(str(self._stream_seed()))
         while True:
-            url = rng.choice(urls)
-            yield {"url": url, **self._expected.get(url, {})}
+            usable = [url for url in urls if url not in self._refused]
+            if not usable:
+                raise s3.ShardMismatchError(
+                    ", ".join(urls), "every shard this reader was given differs from the manifest"
+                )
+            yield rng.choice(usable)
+
+    def _open_shard(self, url: str) -> BinaryIO:
+        return self._dataset.open_shard(self._shards[url])
 
     def _shuffle(self, samples: Iterator[dict]) -> Iterator[dict]:
         rng = random.Random(str(self._stream_seed() + ["shuffle"]))
         return wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng)(samples)
 
     def _skip(self, error: Exception) -> bool:
-        """webdataset handler: count, warn and go on (never raise, never hang)."""
+        """webdataset handler: count, warn and go on (never raise, never hang). A refused shard
+        is not picked again by this process."""
+        if isinstance(error, s3.ShardMismatchError):
+            self._refused.add(error.url)
         with self._skipped.get_lock():
             self._skipped.value += 1
         log.warning("skipping corrupt data: %s", error)
@@ -268,7 +235,7 @@ class ShardReader:
     def _pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(
             self._shard_urls,
-            functools.partial(tar_samples, handler=self._skip),
+            functools.partial(tar_samples, open_shard=self._open_shard, handler=self._skip),
             self._shuffle,
             wds.map(self._decode),
             wds.select(_is_decoded),

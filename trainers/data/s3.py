@@ -33,9 +33,11 @@ from trainers.data.format import (
     MANIFEST_NAME,
     MAX_RESOLUTION,
     REPORT_NAME,
+    ShardEntry,
     load_manifest,
     resolution_dir,
     resolutions_up_to,
+    sha256_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,11 @@ S3_SCHEME = "s3://"
 MAX_ATTEMPTS = 8  # per request, botocore's standard retry mode (backoff with jitter, max 20 s)
 READ_ATTEMPTS = 5  # per read of a streamed object that fails mid-way (then resumed by Range)
 READ_BUFFER = 1 << 20  # bytes per read from the socket; the tar parser reads 512-byte headers
-# Files from this size go up in parts of this size, several at once. The checksum S3 keeps of a
-# multipart object is the SHA256 of its parts' SHA256s, so the upload computes the same.
+# Files up to S3's single-PUT limit go up in one request: S3 then keeps the SHA256 of the whole
+# object, which a reader compares with the manifest before reading a byte (open_shard). Larger
+# files go up in parts of PART_BYTES, several at once; the checksum S3 keeps of those is the
+# SHA256 of the parts' SHA256s (s3_checksums computes the same), which no reader can compare.
+MULTIPART_THRESHOLD = 5 << 30
 PART_BYTES = 64 << 20
 PART_CONCURRENCY = 4  # parts of one file in flight
 FILE_CONCURRENCY = 8  # files in flight (shards are usually smaller than a part)
@@ -149,19 +154,22 @@ def check_bucket(url: S3Url) -> None:
 class ObjectStream(io.RawIOBase):
     """One GET's body as a raw stream. A read that fails mid-way (connection reset, timeout,
     short body) is resumed where it stopped, by a Range GET pinned to the object's ETag (so a
-    replaced object is an error, not a splice), up to READ_ATTEMPTS times with backoff."""
+    replaced object is an error, not a splice), up to READ_ATTEMPTS times with backoff. Given an
+    ETag, the first GET is pinned to it too."""
 
-    def __init__(self, url: S3Url):
+    def __init__(self, url: S3Url, etag: str | None = None):
         self.url = url
         self._position = 0
-        self._etag: str | None = None
+        self._etag = etag
         self._body = None
         self._get()
 
     def _get(self) -> None:
         arguments: dict[str, Any] = {"Bucket": self.url.bucket, "Key": self.url.key}
+        if self._etag is not None:
+            arguments["IfMatch"] = self._etag
         if self._position:
-            arguments |= {"Range": f"bytes={self._position}-", "IfMatch": self._etag}
+            arguments["Range"] = f"bytes={self._position}-"
         with _request("read", self.url):
             response = client().get_object(**arguments)
         self._etag = response["ETag"]
@@ -201,8 +209,8 @@ class ObjectStream(io.RawIOBase):
         super().close()
 
 
-def open_object(url: S3Url) -> BinaryIO:
-    return io.BufferedReader(ObjectStream(url), buffer_size=READ_BUFFER)
+def open_object(url: S3Url, etag: str | None = None) -> BinaryIO:
+    return io.BufferedReader(ObjectStream(url, etag), buffer_size=READ_BUFFER)
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_) -> BinaryIO:
@@ -211,6 +219,40 @@ def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_) -> BinaryIO:
     if mode != "rb":
         raise ValueError(f"{url}: s3:// shards are opened for reading only")
     return open_object(S3Url.parse(url))
+
+
+class ShardMismatchError(ValueError):
+    """A shard whose bytes are not the manifest's; refused before any of it is read."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: {reason} (run `ganforge data verify` on the dataset)")
+        self.url = url
+
+
+def open_shard(url: S3Url, size: int, sha256: str) -> BinaryIO:
+    """The shard's stream, once S3 has shown it holds the manifest's bytes; ShardMismatchError
+    otherwise, before a sample is read.
+
+    Other writers can replace an object at any time, so: one HEAD gives the object's size,
+    ETag and the SHA256 S3 computed when it was written (a single-PUT upload, as upload_dataset
+    makes, has the whole object's), compared with the manifest's. An object S3 keeps no such
+    checksum of (a multipart upload; a copy made by a tool that sends none) is hashed by a first
+    read instead. Then the stream is pinned to that ETag: a replacement in between is an error,
+    never other bytes."""
+    with _request("check", url):
+        head = client().head_object(Bucket=url.bucket, Key=url.key, ChecksumMode="ENABLED")
+    if (stored_size := head["ContentLength"]) != size:
+        raise ShardMismatchError(str(url), f"{stored_size} bytes, the manifest lists {size}")
+    etag, stored = head["ETag"], head.get("ChecksumSHA256")
+    multipart = "-" in etag or "-" in (stored or "")  # S3's marks of a multipart object
+    if stored and not multipart:
+        if base64.b64decode(stored).hex() != sha256:
+            raise ShardMismatchError(str(url), "S3's SHA256 of it differs from the manifest's")
+    else:
+        with open_object(url, etag) as stream:
+            if sha256_stream(stream) != sha256:
+                raise ShardMismatchError(str(url), "sha256 differs from the manifest's")
+    return open_object(url, etag)
 
 
 class S3Dataset:
@@ -232,6 +274,10 @@ class S3Dataset:
     def open(self, name: str) -> BinaryIO:
         return open_object(self.root.join(name))
 
+    def open_shard(self, shard: ShardEntry) -> BinaryIO:
+        """A listed shard, refused (ShardMismatchError) unless it holds the manifest's bytes."""
+        return open_shard(self.root.join(shard.path), shard.bytes, shard.sha256)
+
     def files(self, folders: list[str]) -> dict[str, int]:
         """Name (relative to the root) -> size of every object under these folders ("": all)."""
         root = f"{self.root.key}/" if self.root.key else ""
@@ -252,7 +298,9 @@ def s3_checksums(path: Path) -> tuple[str, str]:
     from s3transfer.utils import ChunksizeAdjuster
 
     size = path.stat().st_size
-    part_bytes = ChunksizeAdjuster().adjust_chunksize(PART_BYTES, size) if size >= PART_BYTES else 0
+    part_bytes = 0
+    if size >= MULTIPART_THRESHOLD:
+        part_bytes = ChunksizeAdjuster().adjust_chunksize(PART_BYTES, size)
     whole, parts = hashlib.sha256(), []
     with open(path, "rb") as f:
         while True:
@@ -275,7 +323,7 @@ def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(
-        multipart_threshold=PART_BYTES,
+        multipart_threshold=MULTIPART_THRESHOLD,
         multipart_chunksize=PART_BYTES,
         max_concurrency=PART_CONCURRENCY,
         preferred_transfer_client="classic",  # the part size above, whatever is installed
@@ -348,7 +396,7 @@ def _remove_stale(root: S3Url, keep: set[str]) -> int:
 def upload_dataset(local_root: Path, destination: S3Url) -> UploadSummary:
     """A complete local dataset to s3://: its manifest is deleted first and written last, so a
     reader that opens the dataset finds no manifest until every shard is in place (one that
-    loaded the old manifest before may meet replaced shards: the readers' sha256 check tells).
+    loaded the old manifest before may meet replaced shards, which open_shard refuses).
     Files S3 already holds with the same checksum are not sent again (an interrupted upload
     resumes)."""
     from tqdm import tqdm

@@ -155,7 +155,7 @@ def real_chunks(
         wanted = range(max(first, 0), min(first + shard.count, limit))
         chunks = {i // chunk_size for i in wanted if (i // chunk_size) % world_size == rank}
         if chunks:
-            with dataset.open(shard.path) as stream:
+            with dataset.open_shard(shard) as stream:
                 encoded = [p for n, p in ustar_members(stream) if n.endswith(IMAGE_EXTENSION)]
             for chunk in sorted(chunks):  # a chunk across two shards comes in two parts
                 start = max(chunk * chunk_size, wanted.start) - first
