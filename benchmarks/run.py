@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCHMARKS = ("synthetic", "build", "reader", "training", "metrics")
+BENCHMARKS = ("synthetic", "build", "celeba", "reader", "training", "metrics")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_ENV = "GANFORGE_BENCH_QUICK"
 
@@ -34,6 +34,9 @@ FULL = {
     "launch_repeats": 3,
     "frechet_dimension": 2048,
     "frechet_repeats": 2,
+    "celeba_images": 48,
+    "celeba_listed": [2_000, 202_599],
+    "celeba_distinct": 400,
 }
 QUICK = {
     "synthetic_images": 64,
@@ -48,6 +51,9 @@ QUICK = {
     "launch_repeats": 1,
     "frechet_dimension": 512,
     "frechet_repeats": 1,
+    "celeba_images": 8,
+    "celeba_listed": [500, 2_000],
+    "celeba_distinct": 50,
 }
 
 
@@ -71,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Throughput benchmarks for ganforge: (1) dataset build, synthetic -> 256² pyramid "
             "and 1024² JPEG folder -> 256² pyramid, with 1 and 2 workers, vs a plain PIL loop; "
+            "(1b) --source celeba: 1024² crops per second per worker vs a plain PIL quad-crop "
+            "loop, and the build's peak RSS at a small and a large listed input (202,599); "
             "(2) ShardReader at 64² and 256² vs a raw PIL decode loop and vs a folder of PNGs "
             "through a torch DataLoader; (3) synthetic face rendering at 256² on one core; "
             "(4) `ganforge train` on data/quickstart (built by `make run`): throughput with 1 "
@@ -140,6 +148,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frechet-repeats", type=int, metavar="N", help="Fréchet distance calls of each kind"
     )
     parser.add_argument(
+        "--celeba-images", type=int, metavar="N", help="scenes cropped at 1024² by (celeba a)"
+    )
+    parser.add_argument(
+        "--celeba-listed",
+        type=_csv(kind=int),
+        metavar="LIST",
+        help="listed photos of each memory build of (celeba b), small to large",
+    )
+    parser.add_argument(
+        "--celeba-distinct", type=int, metavar="N", help="distinct scenes behind (celeba b)"
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=RESULTS_DIR,
@@ -159,7 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-        elif getattr(args, key) < 1:
+        elif min(value if isinstance(value := getattr(args, key), list) else [value]) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     if not args.workers or min(args.workers) < 1:
         parser.error("--workers needs positive worker counts")
@@ -210,6 +230,22 @@ def main(argv: list[str] | None = None) -> int:
             rows += new_rows
 
         dataset = work / "reader-dataset"  # synthetic, max_resolution 256
+        if "celeba" in args.only:
+            from benchmarks import celeba
+
+            with build.orchestrator(work):
+                print(f"celeba (a): {args.celeba_images} scenes -> {celeba.CROP_RESOLUTION}² ...")
+                case_a, rows_a = celeba.throughput_case(
+                    args.celeba_images, args.workers, args.build_repeats, work
+                )
+                print(f"celeba (b): peak RSS at {args.celeba_listed} listed photos ...")
+                case_b, rows_b = celeba.memory_case(
+                    args.celeba_listed, args.celeba_distinct, max(args.workers), work
+                )
+            payload = {"throughput": case_a, "memory": case_b}
+            written.append(write_result(args.results_dir, "celeba", common | payload))
+            rows += rows_a + rows_b
+
         if "build" in args.only or "reader" in args.only:
             print("orchestrator: starting Prefect's API server and a warm-up build ...")
             with build.orchestrator(work) as startup:

@@ -82,12 +82,27 @@ def data_build(
     source: Annotated[
         SourceKind,
         typer.Option(
-            help="Where images come from: 'synthetic' "
-            "(embedded procedural faces) or 'folder' (a "
-            "folder, .zip or .tar of jpg/png/webp/bmp)."
+            help="Where images come from: 'synthetic' (embedded procedural faces), 'folder' (a "
+            "folder, .zip or .tar of jpg/png/webp/bmp, e.g. a CelebA-HQ download named by "
+            "index) or 'celeba' (CelebA in-the-wild images + --landmarks: CelebA-HQ-style "
+            "oriented face crops, the best --num-images by quality score)."
         ),
     ] = SourceKind.synthetic,
-    input: Annotated[Path | None, typer.Option(help="Folder/zip/tar for --source folder.")] = None,
+    input: Annotated[
+        Path | None,
+        typer.Option(help="Folder/zip/tar of images for --source folder or celeba (img_celeba/)."),
+    ] = None,
+    landmarks: Annotated[
+        Path | None,
+        typer.Option(help="celeba: CelebA's 5-point landmark file (list_landmarks_celeba.txt)."),
+    ] = None,
+    image_list: Annotated[
+        Path | None,
+        typer.Option(
+            help="celeba: CelebA-HQ's image_list.txt; takes exactly its 30,000 images, keyed by "
+            "their CelebA-HQ index, instead of the best by score (the deltas are not needed)."
+        ),
+    ] = None,
     out: Annotated[
         str | None,
         typer.Option(
@@ -99,7 +114,8 @@ def data_build(
     num_images: Annotated[
         int | None,
         typer.Option(
-            help=f"Synthetic: images to render. Folder: use the first N. {_default('num_images')}"
+            help="Synthetic: images to render (2048). Folder: use the first N in name order "
+            "(all). Celeba: keep the best N by quality score (30000)."
         ),
     ] = None,
     max_resolution: Annotated[
@@ -150,6 +166,8 @@ def data_build(
     given = {
         "source": source,
         "input": input,
+        "landmarks": landmarks,
+        "image_list": image_list,
         "out": out,
         "num_images": num_images,
         "max_resolution": max_resolution,
@@ -213,6 +231,13 @@ def data_build(
     )
     for reason, count in report["rejected_by_reason"].items():
         typer.echo(f"  rejected {reason}: {count}")
+    if report["not_selected"]:
+        typer.echo(
+            f"  not selected (below the best {config.num_images} by score): "
+            f"{report['not_selected']}"
+        )
+    if report.get("unlisted_images"):
+        typer.echo(f"  images without landmarks (not used): {len(report['unlisted_images'])}")
     typer.echo(
         f"  resolutions {manifest.resolutions[0]}..{manifest.resolutions[-1]}, "
         f"{len(manifest.shards)} shards, {manifest.total_bytes / 1e6:.1f} MB"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -13,6 +14,16 @@ from trainers.data.format import check_resolution
 class SourceKind(StrEnum):
     synthetic = "synthetic"  # embedded procedural faces, no download
     folder = "folder"  # a folder, .zip or .tar of images (e.g. a pre-built CelebA-HQ)
+    celeba = "celeba"  # CelebA in-the-wild images + landmarks -> CelebA-HQ-style 1024² crops
+
+
+# num_images when not given: synthetic renders this many, folder takes every input, celeba keeps
+# the best 30,000 (CelebA-HQ's count) by quality score.
+DEFAULT_NUM_IMAGES = {
+    SourceKind.synthetic: 2048,
+    SourceKind.folder: None,
+    SourceKind.celeba: 30_000,
+}
 
 
 class BuildDatasetConfig(BaseModel):
@@ -21,10 +32,13 @@ class BuildDatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: SourceKind = SourceKind.synthetic
-    input: Path | None = None  # folder/zip/tar for the folder source; unused by synthetic
+    input: Path | None = None  # folder/zip/tar of images for folder and celeba; unused by synthetic
+    landmarks: Path | None = None  # celeba: list_landmarks_celeba.txt (CelebA's 5-point file)
+    image_list: Path | None = None  # celeba: CelebA-HQ's image_list.txt, to take exactly its images
     out: Path = Path("data/quickstart")
-    # synthetic: images to render; folder: take the first N inputs in path order (None = all)
-    num_images: int | None = Field(default=2048, ge=1)
+    # synthetic: images to render; folder: the first N inputs in name order; celeba: the best N by
+    # quality score (ignored with image_list). None: DEFAULT_NUM_IMAGES of the source.
+    num_images: int | None = Field(default=None, ge=1)
     max_resolution: int = 128  # the pyramid is every power of two from 4 up to this
     shard_size: int = Field(default=256, ge=1)  # samples per shard, at every resolution
     max_reject_fraction: float = Field(default=0.01, ge=0.0, le=1.0)  # build fails above it
@@ -36,15 +50,30 @@ class BuildDatasetConfig(BaseModel):
     def _power_of_two(cls, value: int) -> int:
         return check_resolution(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_num_images(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("num_images") is None:
+            try:
+                source = SourceKind(data.get("source", SourceKind.synthetic))
+            except ValueError:
+                return data  # the field's own validation names the allowed values
+            data = data | {"num_images": DEFAULT_NUM_IMAGES[source]}
+        return data
+
     @model_validator(mode="after")
     def _source_needs_input(self) -> BuildDatasetConfig:
-        if self.source is SourceKind.folder and self.input is None:
-            raise ValueError("source 'folder' needs --input PATH (a folder, .zip or .tar)")
-        if self.source is SourceKind.synthetic and self.num_images is None:
-            raise ValueError("source 'synthetic' needs --num-images N")
+        if self.source is not SourceKind.synthetic and self.input is None:
+            raise ValueError(
+                f"source '{self.source}' needs --input PATH (a folder, .zip or .tar of images)"
+            )
+        if self.source is SourceKind.celeba and self.landmarks is None:
+            raise ValueError("source 'celeba' needs --landmarks FILE (list_landmarks_celeba.txt)")
+        if self.source is not SourceKind.celeba and (self.landmarks or self.image_list):
+            raise ValueError("--landmarks and --image-list are for source 'celeba' only")
         return self
 
     def params(self) -> dict:
         """What the manifest records: every field but the locations, which differ per machine
         while the content (covered by the source digest) does not."""
-        return self.model_dump(mode="json", exclude={"input", "out"})
+        return self.model_dump(mode="json", exclude={"input", "out", "landmarks", "image_list"})

@@ -1,4 +1,6 @@
-"""The dataset build as a Prefect flow: ingest → process (parallel) → select → write → finish.
+"""The dataset build as a Prefect flow: ingest → [score → choose best] → process (parallel) →
+select → write → finish (celeba without an image list scores every input first and processes
+only the best num_images).
 
 Tasks run on Prefect's thread runner; the CPU-heavy part of `process` runs in a plain spawn
 process pool, because Prefect's ProcessPoolTaskRunner makes every child start its own
@@ -28,17 +30,20 @@ from prefect.utilities.annotations import quote
 from tqdm import tqdm
 
 import pipelines
-from pipelines.dataset.config import BuildDatasetConfig
+from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.process import (
     ChunkSpec,
     InputRecord,
+    ScoreRecord,
     ShardSpec,
     load_chunk_records,
+    load_chunk_scores,
     process_chunk,
+    score_chunk,
     warm_up,
     write_shard_group,
 )
-from pipelines.dataset.sources import Listing, list_inputs
+from pipelines.dataset.sources import InputRef, Listing, list_inputs
 from pipelines.dataset.validate import Reason
 from trainers.data.format import (
     MANIFEST_NAME,
@@ -53,6 +58,7 @@ from trainers.data.format import (
 )
 
 CHUNK_INPUTS = 32  # inputs per process task: ~0.3-2 s of work, so task overhead stays small
+SCORE_CHUNK_INPUTS = 256  # celeba inputs per score task (a few ms each)
 WORK_DIR_NAME = ".build"  # spools of a build in progress; removed when the build completes
 
 
@@ -85,6 +91,28 @@ def process(spec: ChunkSpec, pool: Executor) -> list[InputRecord]:
     return done if done is not None else pool.submit(process_chunk, spec).result()
 
 
+@task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def score(spec: ChunkSpec, pool: Executor) -> list[ScoreRecord]:
+    done = load_chunk_scores(spec.work_dir, spec.chunk_index)
+    return done if done is not None else pool.submit(score_chunk, spec).result()
+
+
+@task(cache_policy=NONE)
+def choose_best(
+    inputs: list[InputRef], scores: list[ScoreRecord], count: int
+) -> tuple[list[InputRef], list[InputRecord]]:
+    """celeba: the `count` usable inputs of highest quality score (ties: source order), in
+    source order; and a reject record for each input that could not be scored."""
+    usable = sorted((s for s in scores if s.reason is None), key=lambda s: (-s.score, s.index))
+    kept = {s.index for s in usable[:count]}
+    rejects = [
+        InputRecord(s.index, s.path, s.reason, s.detail, content_sha256=s.content_sha256)
+        for s in scores
+        if s.reason is not None
+    ]
+    return [ref for ref in inputs if ref.index in kept], rejects
+
+
 @task(cache_policy=NONE)
 def select(records: list[InputRecord], seed: int) -> Selection:
     """Reject exact duplicates (first in source order wins), then fix the shard order."""
@@ -108,15 +136,20 @@ def write_shards(spec: ShardSpec, pool: Executor) -> list[ShardEntry]:
     return pool.submit(write_shard_group, spec).result()
 
 
-def build_report(config: BuildDatasetConfig, listing: Listing, records: list[InputRecord]) -> dict:
+def build_report(
+    config: BuildDatasetConfig, listing: Listing, records: list[InputRecord], not_selected: int
+) -> dict:
+    """inputs = accepted + rejected + not_selected; every reject with its reason."""
     rejects = [r for r in records if not r.accepted]
     converted = [r for r in records if r.accepted and r.conversions]
-    return {
-        "inputs": len(records),
+    inputs = len(records) + not_selected
+    report = {
+        "inputs": inputs,
         "accepted": len(records) - len(rejects),
         "rejected": len(rejects),
         "converted": len(converted),
-        "reject_fraction": len(rejects) / max(len(records), 1),
+        "not_selected": not_selected,
+        "reject_fraction": len(rejects) / max(inputs, 1),
         "max_reject_fraction": config.max_reject_fraction,
         "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
         "converted_by_kind": dict(
@@ -126,11 +159,16 @@ def build_report(config: BuildDatasetConfig, listing: Listing, records: list[Inp
         "conversions": [{"path": r.path, "conversions": r.conversions} for r in converted],
         "ignored_non_images": listing.ignored,
     }
+    if config.source is SourceKind.celeba:
+        report["selected_by"] = "quality_score" if listing.scored else "image_list"
+        report["unlisted_images"] = listing.unlisted  # in --input, not in the landmark file
+    return report
 
 
-def source_digest(listing: Listing, records: list[InputRecord]) -> str:
+def source_digest(listing: Listing, records: list[InputRecord | ScoreRecord]) -> str:
+    """Over the listing and every input read (path and content sha256)."""
     digest = hashlib.sha256(listing.digest.encode())
-    for record in records:
+    for record in sorted(records, key=lambda r: r.index):
         digest.update(f"{record.path}\0{record.content_sha256}\n".encode())
     return digest.hexdigest()
 
@@ -144,7 +182,7 @@ def _prepare_work_dir(out: Path, config: BuildDatasetConfig, listing: Listing) -
             "input": str(config.input),
             "listing": listing.digest,
             "ganforge_version": pipelines.__version__,
-            "chunk_inputs": CHUNK_INPUTS,
+            "chunk_inputs": [CHUNK_INPUTS, SCORE_CHUNK_INPUTS],
         }
     )
     plan_path = work_dir / "plan.json"
@@ -180,22 +218,44 @@ def local_run_settings() -> Iterator[None]:
         yield
 
 
-def _process_all(
-    config: BuildDatasetConfig, listing: Listing, work_dir: Path, pool: Executor
-) -> list[InputRecord]:
-    """Every input through validate + pyramid + encode, chunk by chunk; records in input order."""
-    chunks = [
-        ChunkSpec(config, i, listing.inputs[start : start + CHUNK_INPUTS], work_dir)
-        for i, start in enumerate(range(0, len(listing.inputs), CHUNK_INPUTS))
+def _chunks(
+    config: BuildDatasetConfig, inputs: list[InputRef], size: int, work_dir: Path
+) -> list[ChunkSpec]:
+    return [
+        ChunkSpec(config, i, inputs[start : start + size], work_dir)
+        for i, start in enumerate(range(0, len(inputs), size))
     ]
-    futures = [process.submit(quote(spec), pool) for spec in chunks]
-    records: list[InputRecord] = []
-    with tqdm(total=len(listing.inputs), unit="img", desc="process", disable=None) as bar:
+
+
+def _run_chunks(step, chunks: list[ChunkSpec], pool: Executor, desc: str) -> list:
+    """A chunk task over every chunk, with a progress bar; the records in input order."""
+    futures = [step.submit(quote(spec), pool) for spec in chunks]
+    records: list = []
+    with tqdm(total=sum(len(c.inputs) for c in chunks), unit="img", desc=desc, disable=None) as bar:
         for future in as_completed(futures):
             chunk_records = future.result()
             records += chunk_records
             bar.update(len(chunk_records))
     return sorted(records, key=lambda r: r.index)
+
+
+def _usable_inputs(
+    config: BuildDatasetConfig, listing: Listing, work_dir: Path, pool: Executor
+) -> tuple[list[InputRef], list[InputRecord], list[ScoreRecord]]:
+    """The inputs to process; reject records of the others (missing, or failed at scoring); and
+    the scores (celeba without image_list: every present input is scored first, in chunks that
+    a resumed build does not redo, then the best num_images are kept)."""
+    rejects = [
+        InputRecord(r.index, r.path, Reason.missing.value, f"{r.path} is not in --input")
+        for r in listing.missing
+    ]
+    if not listing.scored:
+        return listing.inputs, rejects, []
+    chunks = _chunks(config, listing.inputs, SCORE_CHUNK_INPUTS, work_dir)
+    scores = _run_chunks(score, chunks, pool, "score")
+    assert config.num_images is not None
+    kept, unscored = choose_best(quote(listing.inputs), quote(scores), config.num_images)
+    return kept, rejects + unscored, scores
 
 
 def _write_all(
@@ -238,9 +298,13 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
             pool.submit(warm_up)
         listing = ingest(config)
         work_dir = _prepare_work_dir(out, config, listing)
-        records = _process_all(config, listing, work_dir, pool)
+        inputs, rejects, scores = _usable_inputs(config, listing, work_dir, pool)
+        chunks = _chunks(config, inputs, CHUNK_INPUTS, work_dir)
+        records = _run_chunks(process, chunks, pool, "process")
+        records = sorted(records + rejects, key=lambda r: r.index)
         selection = select(quote(records), config.seed)
-        report = build_report(config, listing, selection.records)
+        not_selected = sum(s.reason is None for s in scores) - len(inputs) if scores else 0
+        report = build_report(config, listing, selection.records, not_selected)
         write_atomic(out / REPORT_NAME, canonical_json(report))
         if report["reject_fraction"] > config.max_reject_fraction:
             by_count = sorted(report["rejected_by_reason"].items(), key=lambda kv: -kv[1])
@@ -257,12 +321,13 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
     manifest = Manifest(
         ganforge_version=pipelines.__version__,
         params=config.params(),
-        source_digest=source_digest(listing, selection.records),
+        source_digest=source_digest(listing, scores or selection.records),
         counts=Counts(
             inputs=report["inputs"],
             accepted=report["accepted"],
             rejected=report["rejected"],
             converted=report["converted"],
+            not_selected=report["not_selected"],
         ),
         resolutions=resolutions,
         shards=entries,

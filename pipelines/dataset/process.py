@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+from PIL import Image
+
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
 from pipelines.dataset.sources import InputRef, read_input
@@ -64,6 +67,106 @@ def load_chunk_records(work_dir: Path, chunk_index: int) -> list[InputRecord] | 
     return [InputRecord(**r) for r in json.loads(records_path.read_bytes())]
 
 
+def _read(config: BuildDatasetConfig, ref: InputRef) -> tuple[bytes, str]:
+    """An input's raw bytes and their sha256, or Rejected(read_error)."""
+    assert config.input is not None
+    try:
+        raw = read_input(Path(config.input), ref.path)
+    except OSError as error:
+        raise Rejected(Reason.read_error, f"{type(error).__name__}: {error}") from None
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def _landmarks(ref: InputRef) -> np.ndarray:
+    assert ref.landmarks is not None
+    return np.asarray(ref.landmarks, dtype=np.float32).reshape(5, 2)
+
+
+def _face_crop(image: Image.Image, ref: InputRef, size: int) -> Image.Image:
+    from pipelines.dataset import celeba
+
+    try:
+        return celeba.oriented_crop(image, _landmarks(ref), size)
+    except ValueError as error:  # the crop misses the image: landmarks of another photo
+        raise Rejected(Reason.bad_landmarks, str(error)) from None
+
+
+def _source_image(config: BuildDatasetConfig, ref: InputRef, record: InputRecord) -> Image.Image:
+    """The input as an RGB image the pyramid starts from. celeba: the face crop, resampled
+    from the source straight to max_resolution (1024² in the CelebA-HQ recipe)."""
+    if config.source is SourceKind.synthetic:
+        from pipelines.dataset.synthetic import render_face
+
+        record.original_size = [config.max_resolution, config.max_resolution]
+        return render_face(config.seed, ref.index, config.max_resolution)
+    raw, record.content_sha256 = _read(config, ref)
+    if config.source is SourceKind.celeba:
+        decoded = decode(raw, 1, draft=False)
+        image = _face_crop(decoded.image, ref, config.max_resolution)
+    else:
+        decoded = decode(raw, config.max_resolution)
+        image = decoded.image
+    record.conversions = decoded.conversions
+    record.original_size = list(decoded.original_size)
+    return image
+
+
+@dataclass
+class ScoreRecord:
+    """One celeba input's quality score, or why it cannot be used."""
+
+    index: int
+    path: str
+    score: float | None = None
+    reason: str | None = None  # a validate.Reason value; None means usable
+    detail: str = ""
+    content_sha256: str = ""
+
+
+def score_paths(work_dir: Path, chunk_index: int) -> Path:
+    return work_dir / f"score-{chunk_index:06d}.json"
+
+
+def load_chunk_scores(work_dir: Path, chunk_index: int) -> list[ScoreRecord] | None:
+    """Scores of a chunk finished by an earlier (possibly killed) build, or None."""
+    path = score_paths(work_dir, chunk_index)
+    if not path.is_file():
+        return None
+    return [ScoreRecord(**r) for r in json.loads(path.read_bytes())]
+
+
+def score_chunk(spec: ChunkSpec) -> list[ScoreRecord]:
+    """celeba's first pass: decode each input and score its face (see celeba.quality_score);
+    faces whose crop is under celeba.MIN_FACE_SIDE source pixels are rejected as too small."""
+    from pipelines.dataset import celeba
+
+    records = []
+    for ref in spec.inputs:
+        record = ScoreRecord(index=ref.index, path=ref.path)
+        try:
+            raw, record.content_sha256 = _read(spec.config, ref)
+            image = decode(raw, 1, draft=False).image
+            side = celeba.crop_geometry(_landmarks(ref)).side
+            if side < celeba.MIN_FACE_SIDE:
+                raise Rejected(
+                    Reason.too_small,
+                    f"face crop {side:.0f} px < {celeba.MIN_FACE_SIDE} px ({image.size[0]}x"
+                    f"{image.size[1]} image)",
+                )
+            try:
+                record.score = celeba.quality_score(image, _landmarks(ref))
+            except ValueError as error:  # the crop misses the image
+                raise Rejected(Reason.bad_landmarks, str(error)) from None
+        except Rejected as rejected:
+            record.reason, record.detail = rejected.reason.value, rejected.detail
+        records.append(record)
+    write_atomic(
+        score_paths(spec.work_dir, spec.chunk_index),
+        json.dumps([dataclasses.asdict(r) for r in records]).encode(),
+    )
+    return records
+
+
 def process_chunk(spec: ChunkSpec) -> list[InputRecord]:
     config = spec.config
     spool = bytearray()
@@ -71,21 +174,7 @@ def process_chunk(spec: ChunkSpec) -> list[InputRecord]:
     for ref in spec.inputs:
         record = InputRecord(index=ref.index, path=ref.path, chunk_index=spec.chunk_index)
         try:
-            if config.source is SourceKind.synthetic:
-                from pipelines.dataset.synthetic import render_face
-
-                image = render_face(config.seed, ref.index, config.max_resolution)
-                record.original_size = [config.max_resolution, config.max_resolution]
-            else:
-                assert config.input is not None
-                try:
-                    raw = read_input(Path(config.input), ref.path)
-                except OSError as error:
-                    raise Rejected(Reason.read_error, f"{type(error).__name__}: {error}") from None
-                record.content_sha256 = hashlib.sha256(raw).hexdigest()
-                decoded = decode(raw, config.max_resolution)
-                image, record.conversions = decoded.image, decoded.conversions
-                record.original_size = list(decoded.original_size)
+            image = _source_image(config, ref, record)
             record.pixel_digest = pixel_digest(image)
             for resolution, pixels in sorted(
                 box_pyramid(square_master(image, config.max_resolution)).items()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,7 @@ class SourceError(Exception):
 class InputRef:
     index: int  # position in the source's stable order; fixes the sample key
     path: str  # relative path inside the source (synthetic: "synthetic/<seed>/<index>")
+    landmarks: tuple[float, ...] | None = None  # celeba: the 5 (x, y) points, flattened
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,15 @@ class Listing:
     inputs: list[InputRef]
     ignored: list[str]  # files skipped because their extension is not an image's
     digest: str  # sha256 of the listing itself; content hashes are added as inputs are read
+    missing: list[InputRef] = field(default_factory=list)  # celeba: listed, not in --input
+    unlisted: list[str] = field(default_factory=list)  # celeba: images the landmarks don't list
+    scored: bool = False  # celeba without image_list: the best num_images by quality score
+
+
+def natural_key(name: str) -> list:
+    """Name order with digit runs compared as numbers: 2.jpg before 10.jpg, so the files of a
+    CelebA-HQ download named by index keep their index as their position."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def list_inputs(config: BuildDatasetConfig) -> Listing:
@@ -41,8 +52,12 @@ def list_inputs(config: BuildDatasetConfig) -> Listing:
         return Listing(refs, [], hashlib.sha256(identity.encode()).hexdigest())
     assert config.input is not None
     names = _archive_names(Path(config.input))
-    images = sorted(n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(
+        (n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
+    )
     ignored = sorted(n for n in names if PurePosixPath(n).suffix.lower() not in IMAGE_EXTENSIONS)
+    if config.source is SourceKind.celeba:
+        return _list_celeba(config, images, ignored)
     if config.num_images is not None:
         images = images[: config.num_images]
     if not images:
@@ -51,6 +66,47 @@ def list_inputs(config: BuildDatasetConfig) -> Listing:
         )
     listing_digest = hashlib.sha256("\n".join(images).encode()).hexdigest()
     return Listing([InputRef(i, n) for i, n in enumerate(images)], ignored, listing_digest)
+
+
+def _list_celeba(config: BuildDatasetConfig, images: list[str], ignored: list[str]) -> Listing:
+    """The images the landmark file lists, by file name (at any depth of --input), in the
+    file's order; with image_list, exactly its images, keyed by their CelebA-HQ index."""
+    from pipelines.dataset import celeba
+
+    assert config.landmarks is not None
+    try:
+        rows = celeba.read_landmarks(Path(config.landmarks))
+        chosen = celeba.read_image_list(Path(config.image_list)) if config.image_list else None
+    except OSError as error:
+        raise SourceError(f"cannot read {error.filename}: {error.strerror}") from None
+    except (celeba.LandmarkFileError, celeba.ImageListError) as error:
+        raise SourceError(str(error)) from None
+    found: dict[str, str] = {}
+    for path in images:
+        found.setdefault(PurePosixPath(path).name, path)
+    points = {name: tuple(float(v) for v in row.reshape(-1)) for name, row in rows}
+    if chosen is None:
+        wanted = [(i, name) for i, (name, _) in enumerate(rows)]
+    else:
+        unknown = [name for _, name in chosen if name not in points]
+        if unknown:
+            raise SourceError(
+                f"{config.image_list} names {len(unknown)} images that {config.landmarks} has no "
+                f"landmarks for, e.g. {', '.join(unknown[:3])}"
+            )
+        wanted = chosen
+    inputs = [InputRef(i, found[n], points[n]) for i, n in wanted if n in found]
+    missing = [InputRef(i, n, points[n]) for i, n in wanted if n not in found]
+    unlisted = sorted((p for n, p in found.items() if n not in points), key=natural_key)
+    if not inputs:
+        raise SourceError(
+            f"none of the {len(wanted)} images {config.landmarks} lists is in {config.input}"
+        )
+    digest = hashlib.sha256()
+    for part in (Path(config.landmarks), config.image_list):
+        digest.update(Path(part).read_bytes() if part else b"-")
+    digest.update("\n".join(r.path for r in inputs).encode())
+    return Listing(inputs, ignored, digest.hexdigest(), missing, unlisted, chosen is None)
 
 
 def _archive_names(root: Path) -> list[str]:

@@ -22,6 +22,8 @@ class Reason(StrEnum):
     too_small = "too_small"  # shorter side below the requested max resolution
     duplicate = "duplicate"  # same decoded pixels as an earlier input
     read_error = "read_error"  # the file could not be read from the source
+    missing = "missing"  # celeba: listed in the landmark file (or image list), not in --input
+    bad_landmarks = "bad_landmarks"  # celeba: the landmarks put the face outside the image
 
 
 class Rejected(Exception):
@@ -38,11 +40,12 @@ class Decoded:
     conversions: list[str] = field(default_factory=list)
 
 
-def decode(raw: bytes, min_side: int) -> Decoded:
+def decode(raw: bytes, min_side: int, *, draft: bool = True) -> Decoded:
     """Decode and normalise to 8-bit RGB, or raise Rejected.
 
     JPEGs are decoded with draft scaling (DCT-domain downscale) to the smallest size that still
     covers min_side: the same bytes always give the same pixels, at a fraction of the cost.
+    draft=False decodes at full size (celeba: the face is a part of the image).
     """
     if not raw:
         raise Rejected(Reason.empty_file, "0 bytes")
@@ -61,7 +64,7 @@ def decode(raw: bytes, min_side: int) -> Decoded:
         )
     conversions: list[str] = []
     try:
-        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        if draft and image.format == "JPEG" and image.mode in ("RGB", "L"):
             # Rotated EXIF orientations swap axes; draft only needs the shorter side to cover.
             image.draft(image.mode, (min_side, min_side))
         image.load()

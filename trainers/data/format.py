@@ -76,6 +76,7 @@ class Counts(BaseModel):
     accepted: int
     rejected: int
     converted: int  # accepted inputs whose mode or orientation was converted
+    not_selected: int = 0  # celeba: usable inputs below the best num_images by quality score
 
 
 class Manifest(BaseModel):
