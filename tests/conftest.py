@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,28 @@ def ganforge(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
         cwd=cwd,
         **kw,
     )
+
+
+def kill_build_when(args: list[str], out: Path, done_glob: str, env: dict[str, str]) -> None:
+    """Start `ganforge <args> --out OUT` and SIGKILL it, pool workers included, as soon as its
+    spool folder holds a file matching done_glob (some work done, the build not finished)."""
+    from pipelines.dataset.flow import WORK_DIR_NAME
+
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ganforge"), *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list((out / WORK_DIR_NAME).glob(done_glob)):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole group: the CLI and its pool workers
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
 
 
 def build(out: Path, **options):

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipelines.dataset.flow import WORK_DIR_NAME, BuildFailed
-from tests.conftest import build, ganforge, tree_bytes
+from tests.conftest import build, ganforge, kill_build_when, tree_bytes
 from tests.images import pixels, save
 from trainers.data.format import load_manifest, resolutions_up_to, sample_key, verify_dataset
 
@@ -175,21 +170,7 @@ def test_sigkill_midway_then_rerun_gives_identical_output(subprocess_env, tmp_pa
     assert ganforge(*args, "--out", str(reference), env=subprocess_env).returncode == 0
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ganforge"), *args, "--out", str(killed)],
-        env=subprocess_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list((killed / WORK_DIR_NAME).glob("chunk-*.json")):  # some work done
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the whole group: the CLI and its pool workers
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not (killed / "manifest.json").exists()
+    kill_build_when(args, killed, "chunk-*.json", subprocess_env)
     for shard in killed.glob("r*/*.tar"):  # any complete-named shard is a complete one
         assert shard.read_bytes() == (reference / shard.relative_to(killed)).read_bytes()
 

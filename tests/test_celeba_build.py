@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -22,8 +18,7 @@ import pytest
 from PIL import Image
 
 from pipelines.dataset import celeba
-from pipelines.dataset.flow import WORK_DIR_NAME
-from tests.conftest import ganforge, tree_bytes
+from tests.conftest import ganforge, kill_build_when, tree_bytes
 from tests.scenes import write_celeba_inputs
 from trainers.data.format import load_manifest, sample_key
 
@@ -230,20 +225,7 @@ def test_sigkill_midway_then_rerun_gives_identical_output(wild, subprocess_env, 
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ganforge"), *args, "--out", str(killed)],
-        env=subprocess_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list((killed / WORK_DIR_NAME).glob("score-*.json")):  # scored, not yet cropped
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the whole group: the CLI and its pool workers
-    process.wait()
-    assert not (killed / "manifest.json").exists()
+    kill_build_when(args, killed, "score-*.json", subprocess_env)  # scored, not yet cropped
 
     rerun = ganforge(*args, "--out", str(killed), env=subprocess_env)
     assert rerun.returncode == 0, rerun.stderr
