@@ -121,7 +121,7 @@ def data_build(
     max_resolution: Annotated[
         int | None,
         typer.Option(
-            help=f"Largest power of two in the pyramid (4..1024). {_default('max_resolution')}"
+            help="Largest power of two in the pyramid (4..1024). (default: 128; celeba: 1024)"
         ),
     ] = None,
     shard_size: Annotated[

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from pipelines.dataset import celeba
+from pipelines.dataset.config import BuildDatasetConfig
 from tests.conftest import ganforge, kill_build_when, tree_bytes
 from tests.scenes import write_celeba_inputs
 from trainers.data.format import load_manifest, sample_key
@@ -182,6 +183,18 @@ def test_image_list_takes_exactly_its_images_keyed_by_celebahq_index(
         sample_key(0): scenes[4].name,
         sample_key(1): scenes[1].name,
     }
+
+
+@pytest.mark.parametrize(
+    ("source", "num_images", "max_resolution"),
+    [("synthetic", 2048, 128), ("folder", None, 128), ("celeba", 30_000, 1024)],
+)
+def test_options_not_given_take_the_sources_defaults(source, num_images, max_resolution):
+    where = {"input": "in", "landmarks": "l.txt" if source == "celeba" else None}
+    config = BuildDatasetConfig(source=source, **where)
+    assert (config.num_images, config.max_resolution) == (num_images, max_resolution)
+    given = BuildDatasetConfig(source=source, num_images=7, max_resolution=16, **where)
+    assert (given.num_images, given.max_resolution) == (7, 16)
 
 
 def test_malformed_landmark_file_is_a_usage_error_naming_the_line(wild, subprocess_env, tmp_path):

@@ -17,12 +17,12 @@ class SourceKind(StrEnum):
     celeba = "celeba"  # CelebA in-the-wild images + landmarks -> CelebA-HQ-style 1024² crops
 
 
-# num_images when not given: synthetic renders this many, folder takes every input, celeba keeps
-# the best 30,000 (CelebA-HQ's count) by quality score.
-DEFAULT_NUM_IMAGES = {
-    SourceKind.synthetic: 2048,
-    SourceKind.folder: None,
-    SourceKind.celeba: 30_000,
+# Per source, the values of options not given: synthetic renders 2048 faces, folder takes every
+# input, celeba keeps the best 30,000 (CelebA-HQ's count) by quality score at 1024².
+SOURCE_DEFAULTS = {
+    SourceKind.synthetic: {"num_images": 2048},
+    SourceKind.folder: {"num_images": None},
+    SourceKind.celeba: {"num_images": 30_000, "max_resolution": 1024},
 }
 
 
@@ -37,9 +37,10 @@ class BuildDatasetConfig(BaseModel):
     image_list: Path | None = None  # celeba: CelebA-HQ's image_list.txt, to take exactly its images
     out: Path = Path("data/quickstart")
     # synthetic: images to render; folder: the first N inputs in name order; celeba: the best N by
-    # quality score (ignored with image_list). None: DEFAULT_NUM_IMAGES of the source.
+    # quality score (ignored with image_list). None: SOURCE_DEFAULTS of the source.
     num_images: int | None = Field(default=None, ge=1)
-    max_resolution: int = 128  # the pyramid is every power of two from 4 up to this
+    # the pyramid is every power of two from 4 up to this (not given: SOURCE_DEFAULTS, else 128)
+    max_resolution: int = 128
     shard_size: int = Field(default=256, ge=1)  # samples per shard, at every resolution
     max_reject_fraction: float = Field(default=0.01, ge=0.0, le=1.0)  # build fails above it
     seed: int = Field(default=0, ge=0)  # fixes the synthetic faces and the sample order
@@ -52,14 +53,15 @@ class BuildDatasetConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_num_images(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("num_images") is None:
-            try:
-                source = SourceKind(data.get("source", SourceKind.synthetic))
-            except ValueError:
-                return data  # the field's own validation names the allowed values
-            data = data | {"num_images": DEFAULT_NUM_IMAGES[source]}
-        return data
+    def _source_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        try:
+            source = SourceKind(data.get("source", SourceKind.synthetic))
+        except ValueError:
+            return data  # the field's own validation names the allowed values
+        unset = {k: v for k, v in SOURCE_DEFAULTS[source].items() if data.get(k) is None}
+        return data | unset
 
     @model_validator(mode="after")
     def _source_needs_input(self) -> BuildDatasetConfig:
