@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCHMARKS = ("synthetic", "build", "celeba", "reader", "training", "metrics")
+BENCHMARKS = ("synthetic", "build", "celeba", "reader", "training", "metrics", "quality")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_ENV = "GANFORGE_BENCH_QUICK"
 
@@ -86,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "from process start to the first training step (split into cluster start, "
             "worker-group start and first step) vs a stock 2-worker TorchTrainer fit that does "
             "nothing; (5) the Fréchet distance (FID's last step) on 2048-d covariances vs the "
-            "scipy.linalg.sqrtm formula. "
+            "scipy.linalg.sqrtm formula; (6) sample quality of the quickstart's registered "
+            "champions (left by `make run`): swd1k and per-pixel spread of 1,000 samples, next "
+            "to the real-vs-real floor and a mean-image generator on the same metric. "
             "Writes BENCH.json files under the results folder and prints a table. Targets are "
             "recorded (meets_target), never enforced: the exit status is 0 unless it crashes."
         ),
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.build import set_prefect_env
 
     set_prefect_env()
-    from benchmarks import build, metrics, reader, synthetic, training
+    from benchmarks import build, metrics, quality, reader, synthetic, training
     from benchmarks.common import format_table, write_result
 
     run_started = time.perf_counter()
@@ -319,6 +321,16 @@ def main(argv: list[str] | None = None) -> int:
                 args.frechet_dimension, args.frechet_repeats, args.quick
             )
             written.append(write_result(args.results_dir, "metrics", common | payload))
+            rows += new_rows
+
+        if "quality" in args.only and not (quality.DATASET / "manifest.json").exists():
+            print(f"quality: skipped, {quality.DATASET} is missing (build it with `make run`)")
+        elif "quality" in args.only:
+            from trainers.tracking import resolve_tracking_uri
+
+            print("quality: swd1k of each quickstart champion, the real floor, the mean image ...")
+            payload, new_rows = quality.run(resolve_tracking_uri())
+            written.append(write_result(args.results_dir, "quality", common | payload))
             rows += new_rows
 
     print()

@@ -3,7 +3,7 @@ in the same benchmark, alternating with it so machine-load drift hits both sides
 
 (a) Training throughput with one worker: real images per second over a window after warm-up,
     timed from the run's MLflow `kimg` metric, against a bare PyTorch loop that runs the same
-    networks (built by `build_family` from the same config), batch and optimizer steps (every
+    networks (built by the config's family), batch and optimizer steps (every
     phase at its interval) on in-memory batches, on one thread as Ray gives a 1-CPU worker.
 (b) Scaling: the same run with 2 workers (the same global batch, half per worker) against the
     1-worker runs of (a), in the same rounds.
@@ -132,7 +132,6 @@ def bare_loop(steps: int, warmup_steps: int) -> dict:
 
     from trainers.config import load_train_config
     from trainers.data.reader import ShardReader
-    from trainers.families import build_family
     from trainers.losses.base import StepState
 
     config = load_train_config(PRESET)
@@ -141,26 +140,35 @@ def bare_loop(steps: int, warmup_steps: int) -> dict:
     batches = list(ShardReader(DATASET, resolution, batch_size, num_workers=0, batches_per_epoch=4))
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
-    family = build_family(config)
-    lr = family.learning_rate(0.0, resolution)
-    modules = {"G": family.generator, "D": family.discriminator}
-    optimizers = {name: family.optimizer(module, lr) for name, module in modules.items()}
+    family = config.family
+    modules = {"G": family.build_generator(), "D": family.build_discriminator()}
+    loss = family.build_loss(modules["G"], modules["D"])
+    phases = family.phases()
+    optimizers = {
+        name: torch.optim.Adam(
+            module.parameters(),
+            lr=family.learning_rate(name, 0.0, resolution),
+            betas=family.adam(name).betas,
+            eps=family.adam(name).eps,
+        )
+        for name, module in modules.items()
+    }
     state = StepState(resolution, 1.0, torch.Generator().manual_seed(config.seed))
 
     def run_steps(first: int, count: int) -> None:
         for step in range(first, first + count):
             real = batches[step % len(batches)]
             metrics = {}
-            for phase in family.phases:
+            for phase in phases:
                 if step % phase.interval:
                     continue
                 for name, module in modules.items():
                     module.requires_grad_(name == phase.trains)
                 optimizers[phase.trains].zero_grad(set_to_none=True)
-                found = family.loss.accumulate_gradients(phase, real, state)
+                found = loss.accumulate_gradients(phase, real, state)
                 metrics.update({f"{phase.name}/{key}": value for key, value in found.items()})
                 optimizers[phase.trains].step()
-            family.loss.end_step(metrics)
+            loss.end_step(metrics)
 
     run_steps(0, warmup_steps)
     started = time.perf_counter()
@@ -247,7 +255,7 @@ def throughput_case(work: Path, repeats: int, window_kimg: float) -> tuple[dict,
             "OMP_NUM_THREADS=1), loader_workers from the preset; images/s between the kimg "
             "metric points at warm-up and at the end, by their MLflow timestamps",
             "ganforge_train_2_workers": "the same with --set workers=2",
-            "bare_loop": "in the benchmark process: build_family on the same config, its Adam "
+            "bare_loop": "in the benchmark process: the config's family's networks, its Adam "
             "per module, every phase at its interval, 4 real batches cycled in memory, "
             "torch.set_num_threads(1); timed after 10 warm-up steps",
         },

@@ -18,6 +18,8 @@ from trainers.tracking import resolve_tracking_uri
 if TYPE_CHECKING:
     import torch
 
+    from trainers.sampling import Sampler
+
 app = typer.Typer(
     help="ganforge: build GAN datasets, train, evaluate and release generators.",
     no_args_is_help=True,
@@ -297,8 +299,6 @@ def data_stats(
     except (ValueError, ValidationError) as error:
         raise _fail(str(error), USAGE_ERROR) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import torch
-
     from trainers.data.format import DatasetNotFoundError
     from trainers.metrics.registry import (
         Evaluation,
@@ -308,7 +308,7 @@ def data_stats(
     )
 
     for resolution in config.resolutions:
-        evaluation = Evaluation(torch.nn.Identity(), resolution, config.data)
+        evaluation = Evaluation(None, config.data, real_resolution=resolution)
         for metric in map(get_metric, config.metrics):
             try:
                 metric.prepare(evaluation)
@@ -321,16 +321,14 @@ def data_stats(
 
 @dataclass
 class _Source:
-    """The generator of --checkpoint or --model, at the stage it is sampled at."""
+    """The generator of --checkpoint or --model, with what evaluation reads beside it."""
 
-    generator: torch.nn.Module
-    resolution: int
-    fade_alpha: float
+    sampler: Sampler  # the generator at the stage it is sampled at, with its prior
     data: str
     metrics: list[str]  # the run's configured metrics
     kimg: float
-    discriminator: torch.nn.Module | None = None  # a checkpoint's (BEGAN's m_global needs it)
-    began_gamma: float | None = None
+    discriminator: torch.nn.Module | None = None  # a checkpoint's (a family's own metrics)
+    family_metrics: dict | None = None
 
 
 def _load_source(checkpoint: Path | None, model: str | None, device) -> _Source:
@@ -341,35 +339,31 @@ def _load_source(checkpoint: Path | None, model: str | None, device) -> _Source:
         from pipelines.registry import RegistryError, load_generator
 
         try:
-            loaded = load_generator(model, resolve_tracking_uri())
+            loaded = load_generator(model, resolve_tracking_uri())  # runs on the CPU
         except RegistryError as error:
             raise _fail(str(error), USAGE_ERROR) from None
         meta = loaded.metadata
-        return _Source(
-            loaded.generator.to(device),
-            meta["resolution"],
-            meta["fade_alpha"],
-            meta["data"],
-            meta["metrics"],
-            meta["kimg"],
-        )
-    from trainers.checkpoint import NETWORKS_NAME, load_networks, read_config, read_progress
+        return _Source(loaded.sampler, meta["data"], meta["metrics"], meta["kimg"])
+    from trainers.checkpoint import (
+        CONFIG_NAME,
+        load_networks,
+        read_config,
+        read_progress,
+        read_stage,
+    )
+    from trainers.sampling import Sampler
 
-    if not (checkpoint / NETWORKS_NAME).is_file():
+    if not (checkpoint / CONFIG_NAME).is_file():
         raise _fail(f"--checkpoint {checkpoint}: not a ganforge checkpoint", USAGE_ERROR)
-    config = read_config(checkpoint)
+    config, stage = read_config(checkpoint), read_stage(checkpoint)
     networks = load_networks(checkpoint, device)
-    progress = read_progress(checkpoint)
-    stage = config.growth_schedule.at(progress.kimg)
     return _Source(
-        networks["G"],
-        stage.resolution,
-        stage.fade_alpha,
+        Sampler.of(networks["G"], config.family.prior, stage.resolution, stage.fade_alpha),
         config.data,
         list(config.metrics),
-        progress.kimg,
+        read_progress(checkpoint).kimg,
         networks["D"],
-        getattr(config.model, "gamma", None),
+        config.family.metrics(),
     )
 
 
@@ -407,7 +401,7 @@ def evaluate(
     resolution it had reached) or a registered model's, and print them."""
     import json
 
-    from trainers.metrics import NAMES_HELP, check_metric_names
+    from trainers.metrics import check_metric_names, names_help
 
     if metrics:
         try:
@@ -425,28 +419,25 @@ def evaluate(
     source = _load_source(checkpoint, model, device)
     names = metrics.split(",") if metrics else source.metrics or ["swd1k"]
     evaluation = Evaluation(
-        source.generator,
-        source.resolution,
+        source.sampler,
         data or source.data,
-        device,
         seed=seed,
-        fade_alpha=source.fade_alpha,
         discriminator=source.discriminator,
-        began_gamma=source.began_gamma,
+        family_metrics=source.family_metrics or {},
     )
     try:
         results = measure(names, evaluation)
     except DatasetNotFoundError as error:
         raise _fail(str(error), USAGE_ERROR) from None
     if not results:
-        raise _fail(f"none of {names} could be measured (see the warnings; {NAMES_HELP})", 1)
+        raise _fail(f"none of {names} could be measured (see the warnings; {names_help()})", 1)
     for name, value in results.items():
         typer.echo(f"{name} {value:.6g}")
     if out is not None:
         report = {
             "checkpoint" if checkpoint else "model": str(checkpoint or model),
             "kimg": source.kimg,
-            "resolution": source.resolution,
+            "resolution": source.sampler.resolution,
             "metrics": results,
         }
         out.write_text(json.dumps(report, indent=2))
@@ -464,11 +455,11 @@ def sample(
     checkpoint and for the model registered from it, so their grids match."""
     import torch
 
-    from trainers.sampling import write_sample_grid
-
     source = _load_source(checkpoint, model, torch.device("cpu"))
-    write_sample_grid(source.generator, source.resolution, source.fade_alpha, num, seed, out)
-    typer.echo(f"wrote {out}: {num} images at {source.resolution}² (kimg {source.kimg:.3f})")
+    source.sampler.write_grid(out, num, seed)
+    typer.echo(
+        f"wrote {out}: {num} images at {source.sampler.resolution}² (kimg {source.kimg:.3f})"
+    )
 
 
 @app.command("promote")

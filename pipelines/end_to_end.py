@@ -206,13 +206,8 @@ def promote(name: str, version: str, tracking_uri: str) -> str:
 def sample_grid(uri: str, tracking_uri: str, out: Path, count: int, seed: int) -> Path:
     """A grid from the registered model, as a user pulling it gets it."""
     from pipelines.registry import load_generator
-    from trainers.sampling import write_sample_grid
 
-    loaded = load_generator(uri, tracking_uri)
-    meta = loaded.metadata
-    return write_sample_grid(
-        loaded.generator, meta["resolution"], meta["fade_alpha"], count, seed, out
-    )
+    return load_generator(uri, tracking_uri).sampler.write_grid(out, count, seed)
 
 
 # -- the flow ----------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 one registered model per (family, dataset, resolution), the `candidate` and `champion`
 aliases, and the gate that moves `champion`.
 
-A registered generator is a `trainers.sampling.LatentSampler` exported with torch.export (MLflow's
-"pt2" format): `mlflow.pytorch.load_model(uri)` returns a module that maps latents
-[N, latent_dim] float32 ~ N(0, 1) to images [N, 3, R, R] in [-1, 1], with no ganforge code
-needed to load it. MLflow is imported inside the functions (≈ 6 s).
+A registered generator is a `trainers.sampling.StageGenerator` exported with torch.export
+(MLflow's "pt2" format): `mlflow.pytorch.load_model(uri)` returns a module that maps latents
+[N, latent_dim] float32 to images [N, 3, R, R] in [-1, 1], with no ganforge code needed to
+load it. The latents must come from the family's prior, which the model's metadata records
+(`ganforge.prior`: N(0, 1) for WGAN-GP and ProGAN, U[-1, 1] for BEGAN). MLflow is imported
+inside the functions (≈ 6 s).
 """
 
 from __future__ import annotations
@@ -112,19 +114,18 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     import mlflow.pytorch
     from mlflow import MlflowClient
 
-    from trainers.checkpoint import load_networks, read_config, read_progress
-    from trainers.sampling import LatentSampler, seeded_latents
+    from trainers.checkpoint import read_config, read_progress
+    from trainers.sampling import Sampler
 
     config = read_config(checkpoint)
     progress = read_progress(checkpoint)
-    stage = config.growth_schedule.at(progress.kimg)
-    generator = load_networks(checkpoint)["G"]
-    sampler = LatentSampler(generator, stage.resolution, stage.fade_alpha).eval()
+    sampler = Sampler.from_checkpoint(checkpoint)
+    prior = sampler.prior
 
     client = MlflowClient(tracking_uri)
     metrics = metrics_at(client, run_id, progress.images, list(config.metrics))
     gate = next((name for name in config.metrics if name in metrics), None)
-    name = registered_model_name(config.model.family, config.data, stage.resolution)
+    name = registered_model_name(config.model.family, config.data, sampler.resolution)
     tags = {
         key: value
         for key, value in client.get_run(run_id).data.tags.items()
@@ -133,7 +134,8 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     tags |= {
         "ganforge.family": config.model.family,
         "ganforge.kimg": f"{progress.kimg:.3f}",
-        "ganforge.resolution": str(stage.resolution),
+        "ganforge.resolution": str(sampler.resolution),
+        "ganforge.prior": prior.distribution,
         "ganforge.checkpoint": str(checkpoint),
     }
     tags |= {f"{METRIC_TAG_PREFIX}{key}": repr(value) for key, value in metrics.items()}
@@ -142,9 +144,10 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     metadata = {
         METADATA_KEY: {
             "family": config.model.family,
-            "resolution": stage.resolution,
-            "fade_alpha": stage.fade_alpha,
-            "latent_dim": generator.latent_dim,
+            "resolution": sampler.resolution,
+            "fade_alpha": sampler.fade_alpha,
+            "latent_dim": prior.latent_dim,
+            "prior": prior.to_json(),  # what to feed it: {distribution, latent_dim}
             "kimg": progress.kimg,
             "data": config.data,
             "metrics": list(config.metrics),
@@ -154,26 +157,30 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
 
     with _tracking(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
-            sampler,
+            sampler.generator.eval(),
             name=MODEL_ARTIFACT,
-            input_example=seeded_latents(2, generator.latent_dim, seed=0).numpy(),
+            input_example=sampler.latents(2, seed=0).numpy(),
             pip_requirements=[_pip_requirement()],
             metadata=metadata,
         )
-    _ensure_registered_model(client, name, config.model.family, stage.resolution)
+    _ensure_registered_model(client, name, config.model.family, sampler.resolution, prior)
     with _tracking(tracking_uri):
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, version.version)
     return Release(name, str(version.version), gate, metrics.get(gate))
 
 
-def _ensure_registered_model(client, name: str, family: str, resolution: int) -> None:
+PRIOR_TEXT = {"normal": "~ N(0, 1)", "uniform": "~ U[-1, 1] per component"}
+
+
+def _ensure_registered_model(client, name: str, family: str, resolution: int, prior) -> None:
     from mlflow.exceptions import MlflowException
 
     description = (
         f"ganforge {family} generator at {resolution}². "
         f"mlflow.pytorch.load_model('models:/{name}@{CHAMPION}') returns a module mapping "
-        "latents [N, latent_dim] float32 ~ N(0, 1) to images [N, 3, R, R] in [-1, 1]. "
+        f"latents [N, {prior.latent_dim}] float32 {PRIOR_TEXT[prior.distribution]} to images "
+        "[N, 3, R, R] in [-1, 1]. "
         f"Aliases: '{CANDIDATE}' is the latest registration, '{CHAMPION}' the best through "
         f"the gate (`ganforge promote`)."
     )
@@ -236,9 +243,9 @@ def promote(name: str, version: str, tracking_uri: str) -> str:
 
 @dataclass
 class LoadedGenerator:
-    """A registered generator behind the training generators' interface, with its metadata."""
+    """A registered generator as a Sampler (with the prior it was trained on) and its metadata."""
 
-    generator: Any  # trainers.sampling.FixedStageGenerator
+    sampler: Any  # trainers.sampling.Sampler
     metadata: dict  # the METADATA_KEY section written by register_generator
 
 
@@ -250,7 +257,8 @@ def load_generator(uri: str, tracking_uri: str) -> LoadedGenerator:
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from trainers.sampling import FixedStageGenerator
+    from trainers.families.base import LatentPrior
+    from trainers.sampling import Sampler
 
     with (
         _tracking(tracking_uri),
@@ -263,6 +271,27 @@ def load_generator(uri: str, tracking_uri: str) -> LoadedGenerator:
         metadata = (Model.load(local).metadata or {}).get(METADATA_KEY)
         if metadata is None:
             raise RegistryError(f"--model {uri}: not a ganforge generator (no ganforge metadata)")
-        sampler = mlflow.pytorch.load_model(local)
-    generator = FixedStageGenerator(sampler, metadata["latent_dim"], metadata["resolution"])
-    return LoadedGenerator(generator, metadata)
+        program = mlflow.pytorch.load_model(local)
+    prior = LatentPrior.from_json(metadata["prior"])
+    # on the CPU, where the program was exported
+    sampler = Sampler(_Exported(program), prior, metadata["resolution"], metadata["fade_alpha"])
+    return LoadedGenerator(sampler, metadata)
+
+
+class _Exported:
+    """An exported program behind the module calls a Sampler makes: it has no train mode
+    (its eval() raises), and needs none: it was exported in eval mode."""
+
+    training = False
+
+    def __init__(self, program):
+        self.program = program
+
+    def __call__(self, latents):
+        return self.program(latents)
+
+    def eval(self) -> _Exported:
+        return self
+
+    def train(self, mode: bool = True) -> _Exported:
+        return self

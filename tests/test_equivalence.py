@@ -1,7 +1,8 @@
 """Data-parallel correctness: 2 workers each given half of the global batch end where 1 worker
-given the full batch ends (G, D, G_ema, optimizer steps, k_t, ProGAN's growth), within float
-tolerance. Real gloo process groups; the only stand-in is the data source (in-memory tensors
-split by rank, instead of shards), so both runs see exactly the same images."""
+given the full batch ends (G, D, G_ema, optimizer steps, k_t, ProGAN's growth, mirror flips),
+within float tolerance. Real gloo process groups; the only stand-in is the data source
+(in-memory tensors split by rank, instead of shards), so both runs see exactly the same
+images."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def snapshot(trainer: Trainer) -> dict:
     state |= {f"D.{k}": v for k, v in trainer.D.state_dict().items()}
     if trainer.G_ema is not None:
         state |= {f"G_ema.{k}": v for k, v in trainer.G_ema.state_dict().items()}
-    state |= {f"loss.{k}": v for k, v in trainer.family.loss.state_dict().items()}
+    state |= {f"loss.{k}": v for k, v in trainer.loss.state_dict().items()}
     progress = trainer.progress
     return {
         "tensors": state,
@@ -97,7 +98,13 @@ def _worker(rank: int, world_size: int, config: dict, work: Path) -> None:
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_two_workers_with_half_batches_equal_one_worker_with_the_full_batch(family, tmp_path):
-    config = CONFIGS[family] | {"seed": 5, "sample_every_kimg": 0.016, "log_every_kimg": 0.008}
+    # mirror_augment on: its flips, drawn over the global batch, must split as the batch does
+    config = CONFIGS[family] | {
+        "seed": 5,
+        "sample_every_kimg": 0.016,
+        "log_every_kimg": 0.008,
+        "mirror_augment": True,
+    }
     single = train(config, 0, 1, tmp_path)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(2, config, tmp_path), nprocs=2, join=True)

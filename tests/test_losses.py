@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainers.families.base import LatentPrior
 from trainers.losses.base import Phase, StepState
 from trainers.losses.began import BEGANLoss, began_phases
 from trainers.losses.wgan_gp import WGANGPLoss, gradient_penalty, wgan_gp_phases
@@ -66,11 +67,14 @@ def test_gradient_penalty_of_a_quadratic_critic_uses_epsilon_on_real():
     assert torch.allclose(gradient_penalty(critic, real, fake, epsilon), expected, atol=1e-6)
 
 
+NORMAL_8 = LatentPrior("normal", 8)
+
+
 def small_wgan(drift_weight: float = 0.0, gp_weight: float = 10.0) -> WGANGPLoss:
     torch.manual_seed(0)
     generator = ProGANGenerator(max_resolution=8, latent_dim=8, fmap_base=16, fmap_max=8)
     critic = ProGANDiscriminator(max_resolution=8, fmap_base=16, fmap_max=8)
-    return WGANGPLoss(generator, critic, gp_weight=gp_weight, drift_weight=drift_weight)
+    return WGANGPLoss(generator, critic, NORMAL_8, gp_weight=gp_weight, drift_weight=drift_weight)
 
 
 def critic_gradients(loss: WGANGPLoss) -> list[torch.Tensor]:
@@ -107,7 +111,7 @@ def test_generator_phase_trains_the_generator_on_the_critic_score():
     assert all(parameter.grad is not None for parameter in loss.G.parameters())
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)  # the same latents as step_state's RNG
-        fake = loss.G(loss.G.sample_latents(BATCH, generator, "cpu"), 8, 0.5)
+        fake = loss.G(NORMAL_8.sample(BATCH, generator), 8, 0.5)
         assert torch.allclose(metrics["loss"], -loss.D(fake, 8, 0.5).mean(), atol=1e-6)
 
 
@@ -118,11 +122,37 @@ def test_bf16_autocast_still_reduces_in_float32():
     assert all(value.dtype == torch.float32 and value.isfinite() for value in metrics.values())
 
 
+def test_under_bf16_the_gradient_penalty_stays_float32():
+    """The penalty's critic pass runs with autocast off: on the same fakes its value is the
+    float32 one exactly, while the Wasserstein term (autocast) differs by bf16's rounding."""
+    fake = torch.rand(BATCH, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    runs = []
+    for dtype in (None, torch.bfloat16):
+        loss = small_wgan()
+        loss.generate = lambda n, state, device: fake  # the same fakes in both precisions
+        state = step_state(8, autocast_dtype=dtype)
+        runs.append(loss.accumulate_gradients(Phase("D", "D"), real_images(8), state))
+    full, half = runs
+    assert torch.equal(half["gradient_penalty"], full["gradient_penalty"])
+    assert not torch.equal(half["wasserstein"], full["wasserstein"])
+
+
+def test_under_bf16_began_reconstructions_stay_float32():
+    torch.manual_seed(0)
+    generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
+    discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
+    loss = BEGANLoss(generator, discriminator, LatentPrior("uniform", 8))
+    full = loss.accumulate_gradients(Phase("D", "D"), real_images(32), step_state(32))
+    state = step_state(32, autocast_dtype=torch.bfloat16)
+    half = loss.accumulate_gradients(Phase("D", "D"), real_images(32), state)
+    assert torch.equal(half["reconstruction_real"], full["reconstruction_real"])
+
+
 def test_a_few_adam_steps_lower_the_critic_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     generator = DCGANGenerator(resolution=32, latent_dim=16, base_channels=4).eval()
     critic = DCGANCritic(resolution=32, base_channels=4)
-    loss = WGANGPLoss(generator, critic)
+    loss = WGANGPLoss(generator, critic, LatentPrior("normal", 16))
     optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.9))
     real = real_images(32)
     losses = []
@@ -135,7 +165,7 @@ def test_a_few_adam_steps_lower_the_critic_loss_on_a_fixed_batch():
 
 
 def began_loss(**kwargs) -> BEGANLoss:
-    return BEGANLoss(nn.Identity(), nn.Identity(), **kwargs)
+    return BEGANLoss(nn.Identity(), nn.Identity(), LatentPrior("uniform", 8), **kwargs)
 
 
 def reconstructions(real: float, fake: float) -> dict[str, torch.Tensor]:
@@ -180,7 +210,7 @@ def test_began_phases_through_a_loop_step():
     torch.manual_seed(0)
     generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
     discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
-    loss = BEGANLoss(generator, discriminator, k_initial=0.5)
+    loss = BEGANLoss(generator, discriminator, LatentPrior("uniform", 8), k_initial=0.5)
     real = real_images(32)
     metrics = run_step(loss, began_phases(), real, step_state(32))
     with torch.no_grad():

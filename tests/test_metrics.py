@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,22 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from trainers import distributed
 from trainers.data.format import load_manifest
 from trainers.data.reader import decode_image, ustar_members
+from trainers.families.base import LatentPrior
+from trainers.families.began import Began, BeganConfig
+from trainers.families.wgan_gp import WganGp, WganGpConfig
 from trainers.metrics import registry
-from trainers.metrics.registry import Evaluation, evaluate, get_metric, real_chunks
-from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
+from trainers.metrics.registry import (
+    Evaluation,
+    EvaluationTimeout,
+    evaluate,
+    gather_chunks,
+    get_metric,
+    real_chunks,
+)
+from trainers.sampling import Sampler
 
 
 def test_names_fix_the_measurement():
@@ -50,41 +62,90 @@ def test_real_chunks_split_over_ranks_give_every_image_once_in_order(small_datas
     torch.testing.assert_close(torch.cat([images for _, images in parts]), expected)
 
 
-def _networks() -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(4)
-    kwargs = dict(resolution=32, latent_dim=8, channels=8)
-    return BEGANGenerator(**kwargs).eval(), BEGANDiscriminator(**kwargs).eval()
-
-
 def _evaluation(data: Path) -> Evaluation:
-    generator, discriminator = _networks()
+    """BEGAN's nets, whose m_global needs the discriminator and the family's γ."""
+    torch.manual_seed(4)
+    family = Began(BeganConfig(resolution=32, latent_dim=8, channels=8, gamma=0.5))
+    generator, discriminator = family.build_generator(), family.build_discriminator()
+    sampler = Sampler.of(generator, family.prior, 32)
     return Evaluation(
-        generator, 32, data, seed=3, discriminator=discriminator, began_gamma=0.5, chunk_size=8
+        sampler,
+        data,
+        seed=3,
+        discriminator=discriminator.eval(),
+        family_metrics=family.metrics(),
+        chunk_size=8,
     )
 
 
-def _rank(rank: int, data: Path, out: Path) -> None:
+def _wgan_gp_evaluation(data: Path) -> Evaluation:
+    """WGAN-GP's G as the loop holds it: BatchNorm in train mode, synced over the ranks."""
+    torch.manual_seed(4)
+    family = WganGp(WganGpConfig(resolution=32, latent_dim=8, base_channels=4))
+    generator = distributed.sync_batch_norm(family.build_generator(), torch.device("cpu"))
+    for _ in range(3):  # running statistics of a few training batches, alike on every rank
+        generator(LatentPrior("normal", 8).seeded(16, 1), 32)
+    return Evaluation(Sampler.of(generator.train(), family.prior, 32), data, chunk_size=8)
+
+
+def _measure(data: Path) -> dict[str, float]:
+    return evaluate(["swd1k", "m_global"], _evaluation(data)) | {
+        f"wgan_gp/{k}": v for k, v in evaluate(["swd1k"], _wgan_gp_evaluation(data)).items()
+    }
+
+
+def _rank(rank: int, world_size: int, data: Path, out: Path) -> None:
     dist.init_process_group(
-        "gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2
+        "gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world_size
     )
     try:
         torch.set_num_threads(1)
-        torch.save(evaluate(["swd1k", "m_global"], _evaluation(data)), out / f"rank{rank}.pt")
+        torch.save(_measure(data), out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_measure_what_one_process_measures(small_dataset, tmp_path):
+def test_every_world_size_measures_what_one_process_measures(small_dataset, tmp_path):
+    """40 images in chunks of 8: 5 chunks, which 2 and 3 ranks split unevenly (3/2, 2/2/1);
+    the value is the one-process value whatever the split, and no rank waits on another."""
     data = tmp_path / "data"
     data.symlink_to(small_dataset)  # its own statistics folder: each side computes the reals
-    single = evaluate(["swd1k", "m_global"], _evaluation(data))
-    assert set(single) == {"swd1k", "swd1k_32", "swd1k_16", "m_global"}
-    for cached in (data.parent / "data.stats" / "32").glob("*.npy"):
-        cached.unlink()
+    single = _measure(data)
+    assert {"swd1k", "swd1k_32", "swd1k_16", "m_global", "wgan_gp/swd1k"} <= set(single)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_rank, args=(data, tmp_path), nprocs=2, join=True)
-    for rank in (0, 1):
-        assert torch.load(tmp_path / f"rank{rank}.pt") == pytest.approx(single, rel=1e-6)
+    for world_size in (2, 3):
+        for cached in (data.parent / "data.stats" / "32").glob("*.npy"):
+            cached.unlink()
+        run = tmp_path / f"world{world_size}"
+        run.mkdir()
+        mp.spawn(_rank, args=(world_size, data, run), nprocs=world_size, join=True)
+        for rank in range(world_size):
+            measured = torch.load(run / f"rank{rank}.pt")
+            assert measured == pytest.approx(single, rel=1e-6), (world_size, rank)
+
+
+def _lonely_rank(rank: int, out: Path) -> None:
+    """Rank 1 skips the gather that rank 0 enters: rank 0 must fail, not wait for good."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2
+    )
+    try:
+        registry.evaluation_group()  # both ranks begin an evaluation
+        if rank == 0:
+            with pytest.raises(EvaluationTimeout, match="rank 0 waited over 3 s"):
+                gather_chunks([(0, torch.zeros(2))])
+            (out / "raised").touch()
+        else:
+            while not (out / "raised").exists():
+                time.sleep(0.05)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_left_alone_in_an_evaluation_fails_with_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANFORGE_EVAL_TIMEOUT_S", "3")  # read by the spawned ranks' imports
+    mp.spawn(_lonely_rank, args=(tmp_path,), nprocs=2, join=True)
+    assert (tmp_path / "raised").exists()
 
 
 def test_swd_real_side_is_cached_per_dataset_version(small_dataset, tmp_path):
@@ -98,20 +159,20 @@ def test_swd_real_side_is_cached_per_dataset_version(small_dataset, tmp_path):
 
 
 class _Replay(nn.Module):
-    """A 'generator' that returns the dataset's own images in turn: its distribution is the
-    real one, so a distance from it measures the metric's floor."""
-
-    latent_dim = 1
+    """A 'generator' that returns the dataset's own images, picked by a U[-1, 1] latent: its
+    distribution is the real one, so a distance from it measures the metric's floor."""
 
     def __init__(self, images: torch.Tensor, shift: float = 0.0):
         super().__init__()
         self.images, self.shift = images, shift
 
-    def sample_latents(self, n, generator, device):
-        return torch.randint(len(self.images), (n, 1), generator=generator).to(device)
+    def forward(self, z):
+        index = ((z[:, 0] + 1) / 2 * len(self.images)).long().clamp(0, len(self.images) - 1)
+        return self.images[index] + self.shift
 
-    def forward(self, z, resolution, fade_alpha=1.0):
-        return self.images[z[:, 0]] + self.shift
+
+def _replay(images: torch.Tensor, shift: float = 0.0) -> Sampler:
+    return Sampler(_Replay(images, shift), LatentPrior("uniform", 1), images.shape[-1])
 
 
 class _PooledFeatures(Evaluation):
@@ -127,7 +188,7 @@ def test_fid_and_kid_rise_with_the_distance_from_the_real_images(small_dataset, 
     data.symlink_to(small_dataset)
     real = _manifest_order(small_dataset, 32)
     scores = {
-        shift: evaluate(["fid1k", "kid1k"], _PooledFeatures(_Replay(real, shift), 32, data))
+        shift: evaluate(["fid1k", "kid1k"], _PooledFeatures(_replay(real, shift), data))
         for shift in (0.0, 0.1, 0.5)
     }
     fid, kid = ([scores[shift][name] for shift in (0.0, 0.1, 0.5)] for name in ("fid1k", "kid1k"))
@@ -160,7 +221,7 @@ def test_m_global_needs_began(small_dataset, tmp_path, caplog):
     data = tmp_path / "data"
     data.symlink_to(small_dataset)
     evaluation = _evaluation(data)
-    evaluation.discriminator = None
+    evaluation.family_metrics = {}  # another family's generator
     with caplog.at_level(logging.WARNING, logger="trainers.metrics.registry"):
         assert evaluate(["m_global"], evaluation) == {}
     assert "m_global skipped" in caplog.text

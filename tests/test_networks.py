@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 import pytest
@@ -12,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.ema import update_ema
+from trainers.families import FAMILIES
+from trainers.families.base import LatentPrior
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
 from trainers.networks.dcgan import DCGANCritic, DCGANGenerator
 from trainers.networks.layers import EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm
@@ -31,6 +32,10 @@ def small_progan() -> tuple[ProGANGenerator, ProGANDiscriminator]:
     return ProGANGenerator(latent_dim=16, **SMALL_PROGAN), ProGANDiscriminator(**SMALL_PROGAN)
 
 
+def latents_for(generator: nn.Module) -> torch.Tensor:
+    return LatentPrior("normal", generator.latent_dim).sample(BATCH, seeded())
+
+
 def images(resolution: int, batch: int = BATCH) -> torch.Tensor:
     return torch.rand(batch, 3, resolution, resolution, generator=seeded(1)) * 2 - 1
 
@@ -39,7 +44,7 @@ def images(resolution: int, batch: int = BATCH) -> torch.Tensor:
 def test_dcgan_shapes(resolution):
     generator = DCGANGenerator(resolution=resolution, latent_dim=16, base_channels=4)
     critic = DCGANCritic(resolution=resolution, base_channels=4)
-    fake = generator(generator.sample_latents(BATCH, seeded(), "cpu"), resolution)
+    fake = generator(latents_for(generator), resolution)
     assert fake.shape == (BATCH, 3, resolution, resolution)
     assert fake.abs().max() <= 1  # tanh output
     assert critic(fake, resolution).shape == (BATCH,)
@@ -49,7 +54,7 @@ def test_dcgan_shapes(resolution):
 def test_began_shapes(resolution):
     generator = BEGANGenerator(resolution=resolution, latent_dim=8, channels=4)
     discriminator = BEGANDiscriminator(resolution=resolution, latent_dim=8, channels=4)
-    fake = generator(generator.sample_latents(BATCH, seeded(), "cpu"), resolution)
+    fake = generator(latents_for(generator), resolution)
     assert fake.shape == (BATCH, 3, resolution, resolution)
     assert discriminator(fake, resolution).shape == fake.shape
 
@@ -57,7 +62,7 @@ def test_began_shapes(resolution):
 @pytest.mark.parametrize("resolution", [4, 8, 16, 32])
 def test_progan_shapes_at_every_resolution(resolution):
     generator, discriminator = small_progan()
-    latents = generator.sample_latents(BATCH, seeded(), "cpu")
+    latents = latents_for(generator)
     fade_alpha = 1.0 if resolution == 4 else 0.5
     fake = generator(latents, resolution, fade_alpha)
     assert fake.shape == (BATCH, 3, resolution, resolution)
@@ -89,7 +94,7 @@ def test_bad_constructor_arguments_are_errors(build):
 def test_progan_rejects_bad_resolution_or_fade(resolution, fade_alpha):
     generator, discriminator = small_progan()
     with pytest.raises(ValueError):
-        generator(generator.sample_latents(BATCH, seeded(), "cpu"), resolution, fade_alpha)
+        generator(latents_for(generator), resolution, fade_alpha)
     with pytest.raises(ValueError):
         discriminator(images(max(resolution, 4)), resolution, fade_alpha)
 
@@ -97,37 +102,73 @@ def test_progan_rejects_bad_resolution_or_fade(resolution, fade_alpha):
 def test_fixed_resolution_nets_refuse_other_resolutions():
     generator = DCGANGenerator(resolution=32, latent_dim=8, base_channels=4)
     with pytest.raises(AssertionError):
-        generator(generator.sample_latents(BATCH, seeded(), "cpu"), 64)
+        generator(latents_for(generator), 64)
 
 
-@pytest.mark.parametrize(
-    "build",
-    [
-        lambda: DCGANGenerator(resolution=32, latent_dim=8, base_channels=4),
-        lambda: DCGANCritic(resolution=32, base_channels=4),
-        lambda: BEGANGenerator(resolution=32, latent_dim=8, channels=4),
-        lambda: BEGANDiscriminator(resolution=32, latent_dim=8, channels=4),
-        lambda: ProGANGenerator(latent_dim=16, **SMALL_PROGAN),
-        lambda: ProGANDiscriminator(mbstd_group_size=2, **SMALL_PROGAN),
-    ],
-)
-def test_init_kwargs_rebuild_the_network_from_json(build):
-    network = build()
-    rebuilt = type(network)(**json.loads(json.dumps(network.init_kwargs)))
-    rebuilt.load_state_dict(network.state_dict())  # strict: same architecture
-    assert rebuilt.init_kwargs == network.init_kwargs
+SMALL_CONFIGS = {
+    "wgan_gp": {"resolution": 32, "latent_dim": 8, "base_channels": 4},
+    "began": {"resolution": 32, "latent_dim": 8, "channels": 4},
+    "progan": {"resolution": 32, "latent_dim": 16, "fmap_base": 64, "fmap_max": 16},
+}
 
 
-def test_latent_distributions_and_reproducibility():
-    progan = ProGANGenerator(latent_dim=16, **SMALL_PROGAN)
-    normal = progan.sample_latents(4096, seeded(3), "cpu")
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_the_config_alone_rebuilds_the_networks(name):
+    """A checkpoint stores the config, not constructor arguments: the family rebuilds the same
+    architecture from the config's JSON."""
+    family = FAMILIES[name](FAMILIES[name].config_class(**SMALL_CONFIGS[name]))
+    rebuilt_config = family.config_class.model_validate_json(family.config.model_dump_json())
+    rebuilt = FAMILIES[name](rebuilt_config)
+    for build in ("build_generator", "build_discriminator"):
+        network = getattr(family, build)()
+        getattr(rebuilt, build)().load_state_dict(network.state_dict())  # strict: same shapes
+
+
+def test_latent_priors_and_reproducibility():
+    normal = LatentPrior("normal", 16).sample(4096, seeded(3))
     assert normal.shape == (4096, 16)
     assert abs(normal.mean()) < 0.02 and abs(normal.std() - 1) < 0.02
-    assert torch.equal(normal, progan.sample_latents(4096, seeded(3), "cpu"))
-    began = BEGANGenerator(resolution=32, latent_dim=16, channels=4)
-    uniform = began.sample_latents(4096, seeded(3), "cpu")
+    assert torch.equal(normal, LatentPrior("normal", 16).sample(4096, seeded(3)))
+    uniform = LatentPrior("uniform", 16).sample(4096, seeded(3))
     assert -1 <= uniform.min() < -0.99 and 0.99 < uniform.max() <= 1
     assert abs(uniform.mean()) < 0.02
+    assert torch.equal(
+        LatentPrior("uniform", 16).seeded(8, 5), LatentPrior("uniform", 16).seeded(8, 5)
+    )
+
+
+def test_each_family_draws_from_its_papers_prior():
+    priors = {name: family(family.config_class()).prior for name, family in FAMILIES.items()}
+    assert {name: prior.distribution for name, prior in priors.items()} == {
+        "wgan_gp": "normal",
+        "began": "uniform",
+        "progan": "normal",
+    }
+
+
+def test_official_dcgan_critic_has_layer_norm_on_convs_two_to_four_and_5x5_kernels():
+    critic = DCGANCritic(resolution=64, base_channels=8)  # the defaults are the official ones
+    layers = list(critic.layers)
+    convs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
+    assert len(convs) == 4 and all(layers[i].kernel_size == (5, 5) for i in convs)
+    normalized = [isinstance(layers[i + 1], nn.GroupNorm) for i in convs]
+    assert normalized == [False, True, True, True]
+    assert all(layers[i + 1].num_groups == 1 for i in convs[1:])  # over (C, H, W) per sample
+    weights = torch.cat([layers[i].weight.flatten() for i in convs])
+    assert abs(weights.std() - 0.02) < 0.002 and abs(weights.mean()) < 0.002
+    generator = DCGANGenerator(resolution=64, latent_dim=16, base_channels=8)
+    fake = generator(latents_for(generator), 64)
+    assert fake.shape == (BATCH, 3, 64, 64) and critic(fake, 64).shape == (BATCH,)
+    plain = DCGANCritic(resolution=64, base_channels=8, kernel_size=4, critic_norm="none")
+    assert not any(isinstance(layer, nn.GroupNorm) for layer in plain.layers)
+
+
+def test_layer_norm_keeps_the_critic_per_sample():
+    """The penalty takes each sample's gradient alone: a sample's score must not depend on the
+    rest of the batch (batch norm would make it)."""
+    critic = DCGANCritic(resolution=32, base_channels=4)
+    batch = images(32)
+    assert torch.allclose(critic(batch, 32)[:1], critic(batch[:1], 32), atol=1e-6)
 
 
 def test_progan_channels_follow_the_official_schedule():
@@ -137,7 +178,7 @@ def test_progan_channels_follow_the_official_schedule():
 
 def test_generator_fade_in_starts_at_upsampled_previous_output():
     generator, _ = small_progan()
-    latents = generator.sample_latents(BATCH, seeded(), "cpu")
+    latents = latents_for(generator)
     previous = generator(latents, 8)
     expected = F.interpolate(previous, scale_factor=2, mode="nearest")
     assert torch.allclose(generator(latents, 16, fade_alpha=0.0), expected, atol=1e-6)
@@ -145,7 +186,7 @@ def test_generator_fade_in_starts_at_upsampled_previous_output():
 
 def test_generator_fade_in_ends_on_the_new_block_alone():
     generator, _ = small_progan()
-    latents = generator.sample_latents(BATCH, seeded(), "cpu")
+    latents = latents_for(generator)
     grown, halfway = generator(latents, 16, 1.0), generator(latents, 16, 0.5)
     with torch.no_grad():
         generator.to_rgb[1].weight.mul_(3).add_(1)  # toRGB of 8 px, the previous resolution

@@ -3,6 +3,7 @@ back ready to sample, `ganforge sample` and `evaluate` from the registry, the pr
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from pipelines.registry import (
 from tests.conftest import ganforge
 from tests.services import mlflow_server, pg_user, psql
 from tests.test_training import tiny_config
-from trainers.checkpoint import load_networks, read_progress
+from trainers.checkpoint import read_progress
 from trainers.loop import DirectorySession, RunOptions, Trainer
-from trainers.sampling import LatentSampler, seeded_latents
+from trainers.sampling import Sampler
 from trainers.tracking import experiment_id
 
 NAME = "ganforge-progan-small-16"
@@ -81,11 +82,12 @@ def test_registered_generator_loads_ready_to_call_on_latents(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     uri = f"models:/{NAME}@{CANDIDATE}"
     info = get_model_info(uri)
-    latent_dim = load_networks(checkpoint)["G"].latent_dim
+    sampler = Sampler.from_checkpoint(checkpoint)  # G_ema: ProGAN's
+    latent_dim = sampler.prior.latent_dim
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, latent_dim)
     model = mlflow.pytorch.load_model(uri)
-    latents = seeded_latents(5, latent_dim, seed=1)
-    expected = LatentSampler(load_networks(checkpoint)["G"], 16)(latents)  # G_ema: ProGAN's
+    latents = sampler.latents(5, seed=1)
+    expected = sampler(latents)
     with torch.no_grad():
         images = model(latents)
     assert images.shape == (5, 3, 16, 16)
@@ -211,3 +213,58 @@ def test_registry_through_a_real_mlflow_server_on_postgresql_and_s3(trained, s3_
         assert psql("select name from registered_models", user, database) == NAME
         aliases = psql("select alias from registered_model_aliases order by alias", user, database)
         assert aliases.split() == [CANDIDATE, CHAMPION]
+
+
+@pytest.mark.parametrize("family", ["wgan_gp", "began", "progan"])
+def test_model_checkpoint_and_training_generator_agree_on_the_familys_prior(
+    family, small_dataset, tmp_path
+):
+    """For each family: the registered model (loaded as a user does, with plain MLflow), the
+    checkpoint and the training generator give the same images for the same latents, and
+    those latents come from the family's own prior, which the model's metadata records."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from pipelines.registry import METADATA_KEY, load_generator
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tiny_config(small_dataset, family, total_kimg=0.064, checkpoint_every_kimg=0.064)
+    options = RunOptions(tracking_uri=tracking_uri, run_name=family, progress_bar=False)
+    trainer = Trainer(config, options, DirectorySession(tmp_path / "run"))
+    trainer.run()
+    trainer.close()
+    checkpoint = DirectorySession(tmp_path / "run").checkpoints()[-1]
+    release = register_generator(checkpoint, trainer.progress.mlflow_run_id, tracking_uri)
+
+    prior = config.family.prior
+    assert prior.distribution == ("uniform" if family == "began" else "normal")
+    loaded = load_generator(release.uri, tracking_uri)
+    assert loaded.sampler.prior == prior and loaded.metadata["prior"] == prior.to_json()
+    latents = loaded.sampler.latents(6, seed=2)
+    assert torch.equal(latents, prior.seeded(6, 2))
+    if family == "began":
+        assert latents.min() >= -1 and latents.max() <= 1 and (latents < 0).any()
+
+    training = trainer.sampler()(latents)
+    from_checkpoint = Sampler.from_checkpoint(checkpoint)(latents)
+    from_registry = loaded.sampler(latents)
+    with _tracking_uri(tracking_uri):
+        local = mlflow.artifacts.download_artifacts(release.uri, dst_path=str(tmp_path / "m"))
+        plain = mlflow.pytorch.load_model(local)
+    assert Model.load(local).metadata[METADATA_KEY]["prior"]["distribution"] == prior.distribution
+    with torch.no_grad():
+        by_user = plain(latents)
+    for images in (from_checkpoint, from_registry, by_user):
+        torch.testing.assert_close(images, training, atol=1e-5, rtol=1e-5)
+    assert training.std(0).mean() > 0  # not a constant image
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -133,14 +133,17 @@ def test_reader_over_s3_yields_the_local_batches(cli_build, small_dataset):
 
 def test_swd_over_s3_equals_the_local_measurement(cli_build, small_dataset, env, monkeypatch):
     """Metrics read the real side straight from S3, and cache it in this machine's cache."""
+    from trainers.families.base import LatentPrior
     from trainers.metrics.registry import Evaluation, evaluate, statistics_dir
     from trainers.networks.progan import ProGANGenerator
+    from trainers.sampling import Sampler
 
     monkeypatch.setenv("GANFORGE_CACHE_DIR", env["XDG_CACHE_HOME"])
     torch.manual_seed(0)
     generator = ProGANGenerator(latent_dim=16, max_resolution=16, fmap_base=64, fmap_max=16)
+    sampler = Sampler.of(generator, LatentPrior("normal", 16), 16)
     results = [
-        evaluate(["swd1k"], Evaluation(generator, 16, data, chunk_size=8))
+        evaluate(["swd1k"], Evaluation(sampler, data, chunk_size=8))
         for data in (f"s3://{BUCKET}/cli", small_dataset)
     ]
     assert results[0] == pytest.approx(results[1], rel=1e-6)

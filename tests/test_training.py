@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trainers.checkpoint import read_progress, read_state
-from trainers.config import TrainConfig
-from trainers.loop import DirectorySession, NonFiniteLossError, RunOptions, Trainer
+from trainers.config import TrainConfig, load_train_config
+from trainers.loop import DirectorySession, NonFiniteLossError, RunOptions, Trainer, mirror
 
 PRESETS = Path(__file__).parent.parent / "configs" / "train"
 
@@ -97,7 +97,8 @@ def test_progan_grows_through_every_resolution_with_fade_in(small_dataset, tmp_p
 def test_nonfinite_losses_stop_the_run_and_keep_the_last_checkpoint(small_dataset, tmp_path):
     config = tiny_config(small_dataset, "wgan_gp", checkpoint_every_kimg=0.064)
     run(config, tmp_path, stop_kimg=0.064)
-    model = config.model.model_dump() | {"lr": 1e30}  # Adam steps of 1e30 overflow at once
+    huge = {"lr": 1e30}  # Adam steps of 1e30 overflow at once
+    model = config.model.model_dump() | {"optimizers": {"G": huge, "D": huge}}
     poisoned = TrainConfig.model_validate(
         config.model_dump() | {"max_nonfinite_steps": 3, "model": model}
     )
@@ -118,9 +119,9 @@ def test_auto_batch_on_cpu_keeps_the_table_with_a_note(small_dataset, tmp_path, 
 @pytest.mark.parametrize("family", ["wgan_gp", "began", "progan"])
 def test_bf16_autocast_path_trains_with_finite_losses(family, small_dataset, tmp_path):
     """The GPU recipe's autocast runs on CPU too: the same code path, checked without a GPU."""
-    config = tiny_config(small_dataset, family, total_kimg=0.032)  # CPU bf16 convs are slow
-    options = RunOptions(autocast_dtype=torch.bfloat16, progress_bar=False)
-    trainer = RecordingTrainer(config, options, DirectorySession(tmp_path))
+    config = tiny_config(small_dataset, family, total_kimg=0.032, precision="bf16")  # slow on CPU
+    trainer = RecordingTrainer(config, RunOptions(progress_bar=False), DirectorySession(tmp_path))
+    assert trainer.autocast_dtype == torch.bfloat16
     trainer.run()
     assert trainer.progress.nonfinite_steps == 0
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in trainer.history)
@@ -140,7 +141,7 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
     def folder(name: str, images: int, writers: int, ranks: int, progress: str = "") -> Path:
         directory = tmp_path / run / name
         directory.mkdir(parents=True)
-        for file in ("state.pt", "networks.json", "config.json"):
+        for file in ("state.pt", "config.json"):
             (directory / file).write_bytes(b"x")
         for rank in range(ranks):
             (directory / rng_name(rank)).write_bytes(b"x")
@@ -179,3 +180,45 @@ def test_channels_last_path_trains_like_the_default_layout(family, small_dataset
     )
     torch.testing.assert_close(resumed.G.state_dict(), runs[False].G.state_dict(), rtol=1e-4,
                                atol=1e-5)  # fmt: skip
+
+
+def test_progan_resets_adam_where_the_official_code_does():
+    """The official train.py resets both optimizers whenever floor(lod) or ceil(lod) changes:
+    at the start and at the end of every fade-in. On the paper's 4² -> 1024² schedule that is
+    16 resets, at these kimg."""
+    config = load_train_config(PRESETS / "paper" / "progan.yaml")
+    family, schedule = config.family, config.growth_schedule
+    kimg, resets, previous = 0.0, [], None
+    while kimg < config.total_kimg:
+        stage = schedule.at(kimg)
+        if previous is not None and family.resets_optimizers(previous, stage):
+            resets.append(round(kimg))
+        previous, kimg = stage, kimg + 0.5  # a step of 512 images, the 4² batch
+    starts = [600 + 1200 * i for i in range(8)]  # 600 kimg at 4², then fade 600 + stable 600
+    assert resets == sorted(starts + [start + 600 for start in starts])
+    assert len(resets) == 16
+
+
+def test_progan_training_counts_its_adam_resets(small_dataset, tmp_path):
+    """4² -> 16²: two fade-ins, so four resets (each fade-in's start and end)."""
+    trainer = run(tiny_config(small_dataset, "progan"), tmp_path)
+    assert trainer.progress.optimizer_resets == 4
+    fixed = run(tiny_config(small_dataset, "wgan_gp", total_kimg=0.032), tmp_path / "wgan")
+    assert fixed.progress.optimizer_resets == 0
+
+
+def test_mirror_flips_are_seeded_and_flip_about_half(small_dataset, tmp_path):
+    """Flips come from the run's seeded stream: two runs of one config see the same flipped
+    images (equal losses), and the draw flips about half of the rows."""
+    config = tiny_config(small_dataset, "wgan_gp", total_kimg=0.064, mirror_augment=True)
+    first, again = run(config, tmp_path / "a"), run(config, tmp_path / "b")
+    assert first.history == again.history
+    plain = run(config.model_copy(update={"mirror_augment": False}), tmp_path / "c")
+    assert plain.history != first.history
+    generator = torch.Generator().manual_seed(0)
+    flips = torch.rand(4096, generator=generator) < 0.5
+    real = torch.arange(4096 * 3 * 2 * 2, dtype=torch.float32).view(4096, 3, 2, 2)
+    mirrored = mirror(real, flips)
+    assert torch.equal(mirrored[flips], real[flips].flip(3))
+    assert torch.equal(mirrored[~flips], real[~flips])
+    assert 0.45 < flips.float().mean() < 0.55

@@ -20,30 +20,29 @@ MAX_BATCH_PER_WORKER = 1024  # beyond this a bigger batch stops paying on any cu
 def _trial_peak_bytes(config: TrainConfig, resolution: int, batch: int, device) -> int:
     """Peak GPU memory of one step of every phase at (resolution, batch), on fresh networks,
     mid fade-in where a fade-in exists (both the old and the new path are alive)."""
-    from trainers.families import build_family
-
+    family = config.family
     with torch.random.fork_rng(devices=[device]):  # leaves the run's random streams untouched
-        family = build_family(config)
-        generator = family.generator.to(device)
-        discriminator = family.discriminator.to(device)
-        fading = resolution > config.resolutions[0] and config.model.family == "progan"
+        generator = family.build_generator().to(device)
+        discriminator = family.build_discriminator().to(device)
+        loss = family.build_loss(generator, discriminator)
+        fading = resolution > config.resolutions[0]  # only a growing family has a later one
         state = StepState(
             resolution,
             0.5 if fading else 1.0,
             torch.Generator(device).manual_seed(0),
-            torch.bfloat16,
+            torch.bfloat16 if config.precision == "bf16" else None,
         )
         real = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
         optimizers = {
-            "G": family.optimizer(generator, 1e-9),
-            "D": family.optimizer(discriminator, 1e-9),
+            name: torch.optim.Adam(module.parameters(), lr=1e-9)
+            for name, module in (("G", generator), ("D", discriminator))
         }
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        for phase in family.phases:
+        for phase in family.phases():
             generator.requires_grad_(phase.trains == "G")
             discriminator.requires_grad_(phase.trains == "D")
-            family.loss.accumulate_gradients(phase, real, state)
+            loss.accumulate_gradients(phase, real, state)
             optimizers[phase.trains].step()
             optimizers[phase.trains].zero_grad(set_to_none=True)
         torch.cuda.synchronize(device)
@@ -58,7 +57,7 @@ def choose_batch_per_resolution(config: TrainConfig, device: torch.device) -> di
     budget = (
         config.auto_batch_memory_fraction * torch.cuda.get_device_properties(device).total_memory
     )
-    group = getattr(config.model, "mbstd_group_size", 1)
+    group = config.family.batch_multiple
     chosen = {}
     for resolution in config.resolutions:
         best, batch = 0, max(1, group)

@@ -2,8 +2,7 @@
 
 Layout of one checkpoint directory (rank 0 writes all but the per-rank RNG files):
   state.pt           G, D, G_ema, optimizers, the loss's running state, progress
-  networks.json      class and constructor keyword arguments of G and D
-  config.json        the resolved TrainConfig
+  config.json        the resolved TrainConfig: its model section builds G and D (the family)
   progress.json      progress as JSON, readable without torch (the launcher reads it)
   rng-rank<r>.pt     rank r's torch/CUDA/numpy/python RNG states and its latent generator
 Nothing pickles code: everything loads with `torch.load(weights_only=True)`.
@@ -22,9 +21,9 @@ import torch
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
+    from trainers.schedule import Stage
 
 STATE_NAME = "state.pt"
-NETWORKS_NAME = "networks.json"
 CONFIG_NAME = "config.json"
 PROGRESS_NAME = "progress.json"
 
@@ -35,9 +34,11 @@ class Progress:
 
     images: int = 0  # real images shown to D, all ranks together
     step: int = 0  # steps taken (one batch per rank each)
-    resolution: int = 0  # of the latest step (0 before the first): a change resets Adam
+    resolution: int = 0  # of the latest step (0 before the first)
+    fade_alpha: float = 1.0  # of the latest step: with resolution, the stage Adam resets key on
     loader_epoch: int = 0  # times the data stream was (re)started; seeds its order
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in total
+    optimizer_resets: int = 0  # times the family restarted Adam's state (ProGAN's growth)
     batch_per_resolution: dict[int, int] = field(default_factory=dict)  # global, as used
     world_size: int = 1  # ranks that wrote the checkpoint (an elastic resume may differ)
     mlflow_run_id: str | None = None  # a resumed training logs into the same MLflow run
@@ -85,26 +86,20 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def describe_network(module: torch.nn.Module) -> dict:
-    return {"class": type(module).__name__, "init_kwargs": module.init_kwargs}
-
-
 def write_checkpoint(
     directory: Path,
     *,
     rank: int,
     latent_generator: torch.Generator,
     state: dict | None = None,
-    networks: dict | None = None,
     config: dict | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Rank r writes its RNG file; rank 0 also passes state, networks, config and progress."""
+    """Rank r writes its RNG file; rank 0 also passes state, config and progress."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(capture_rng(latent_generator), directory / rng_name(rank))
     if rank == 0:
         torch.save(state, directory / STATE_NAME)
-        (directory / NETWORKS_NAME).write_text(json.dumps(networks, indent=2))
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         (directory / PROGRESS_NAME).write_text(json.dumps(asdict(progress), indent=2))
 
@@ -123,14 +118,11 @@ def load_networks(
     directory: Path, device: torch.device | str = "cpu"
 ) -> dict[str, torch.nn.Module]:
     """G (its EMA copy when the family keeps one: that is the generator users sample) and D of
-    a checkpoint, rebuilt from networks.json and loaded, in eval mode."""
-    from trainers.networks import build_network
-
-    descriptions = json.loads((directory / NETWORKS_NAME).read_text())
+    a checkpoint, built by the family of its config and loaded, in eval mode."""
+    family = read_config(directory).family
     state = read_state(directory, device)
-    networks = {}
-    for name, description in descriptions.items():
-        network = build_network(description)
+    networks = {"G": family.build_generator(), "D": family.build_discriminator()}
+    for name, network in networks.items():
         weights = state["G_ema"] if name == "G" and state.get("G_ema") else state[name]
         network.load_state_dict(weights)
         networks[name] = network.to(device).eval().requires_grad_(False)
@@ -142,6 +134,17 @@ def read_config(directory: Path) -> TrainConfig:
     from trainers.config import TrainConfig
 
     return TrainConfig.model_validate_json((directory / CONFIG_NAME).read_text())
+
+
+def read_stage(directory: Path) -> Stage:
+    """The resolution and fade alpha of the checkpoint's latest step: the stage its G was
+    trained at (the schedule's first before any step)."""
+    from trainers.schedule import Stage
+
+    progress = read_progress(directory)
+    if not progress.resolution:
+        return read_config(directory).growth_schedule.at(0.0)
+    return Stage(progress.resolution, progress.fade_alpha)
 
 
 def read_progress(directory: Path) -> Progress:

@@ -97,7 +97,7 @@ class LaunchRequest:
     storage: str | Path  # runs live in <storage>/<run name>/: a folder or s3://BUCKET/PREFIX
     run_name: str | None = None  # default: <family>-<timestamp>; with resume: the latest run
     resume: bool = False
-    use_gpu: bool = False  # nccl + bf16 autocast on one GPU per worker; gloo + fp32 otherwise
+    use_gpu: bool = False  # nccl on one GPU per worker; gloo on CPUs (precision: the config's)
     stop_kimg: float | None = None  # stop here (with a checkpoint) instead of total_kimg
     tracking_uri: str | None = None  # MLflow store; None: MLFLOW_TRACKING_URI or ./mlflow.db
     progress_bar: bool = True
@@ -215,7 +215,6 @@ def _train_worker(payload: dict) -> None:
         run_dir = Path(tempfile.gettempdir()) / "ganforge-runs" / payload["run_name"]
     options = RunOptions(
         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"),
-        autocast_dtype=torch.bfloat16 if use_gpu else None,
         stop_kimg=payload["stop_kimg"],
         run_dir=run_dir,
         tracking_uri=payload["tracking_uri"],

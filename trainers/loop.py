@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from trainers import distributed
 from trainers.checkpoint import (
     Progress,
-    describe_network,
     read_progress,
     read_rng,
     read_state,
@@ -38,11 +37,11 @@ from trainers.checkpoint import (
 from trainers.config import TrainConfig
 from trainers.data.reader import ShardReader
 from trainers.ema import update_ema
-from trainers.families import Family, build_family
+from trainers.families import Family
 from trainers.lineage import cluster_tags
 from trainers.losses.base import StepState
 from trainers.metrics import UNSCORED
-from trainers.sampling import generate, write_grid
+from trainers.sampling import Sampler, write_grid
 from trainers.schedule import Stage
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,6 @@ class RunOptions:
     """What the launcher decides per run, beside the config."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    autocast_dtype: torch.dtype | None = None  # torch.bfloat16 on GPU
     stop_kimg: float | None = None  # stop (with a checkpoint) here instead of total_kimg
     run_dir: Path | None = None  # rank 0 writes sample grids under run_dir/samples
     tracking_uri: str | None = None  # MLflow store rank 0 logs to; None logs nothing
@@ -114,6 +112,11 @@ def _stream_seed(seed: int, loader_epoch: int) -> int:
 
 def _crossed(before: float, after: float, every: float) -> bool:
     return int(after / every) > int(before / every)
+
+
+def mirror(real: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """real [N, 3, R, R] with the rows where `flips` [N] is True flipped left-right."""
+    return torch.where(flips.view(-1, 1, 1, 1), real.flip(3), real)
 
 
 def fade_real(real: torch.Tensor, fade_alpha: float) -> torch.Tensor:
@@ -156,15 +159,20 @@ class Trainer:
             table = choose_batch_per_resolution(config, self.device)
             self.config = config = config.model_copy(update={"batch_per_resolution": table})
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.family: Family = build_family(config)
+        self.family: Family = config.family
+        self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         # DCGAN's G has BatchNorm: its statistics must span the global batch, not each rank's.
         self.memory_format = torch.contiguous_format
         if options.channels_last or (options.channels_last is None and self.device.type == "cuda"):
             self.memory_format = torch.channels_last
-        self.G = distributed.sync_batch_norm(self.family.generator, self.device).to(
+        generator = self.family.build_generator()
+        discriminator = self.family.build_discriminator()
+        self.G = distributed.sync_batch_norm(generator, self.device).to(
             self.device, memory_format=self.memory_format
         )
-        self.D = self.family.discriminator.to(self.device, memory_format=self.memory_format)
+        self.D = discriminator.to(self.device, memory_format=self.memory_format)
+        self.loss = self.family.build_loss(self.G, self.D)
+        self.phases = self.family.phases()
         self.G_ema = None
         if self.family.ema_beta is not None:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -173,7 +181,7 @@ class Trainer:
         # alike on every rank: each takes its rows of the global draw (StepState.rows)
         self.latent_generator = torch.Generator(self.device).manual_seed(config.seed * 7919)
         # fixed latents for sample grids: the same in every run of this config and seed
-        self.sample_latents = self.G.sample_latents(
+        self.sample_latents = self.family.prior.sample(
             config.sample_grid**2,
             torch.Generator(self.device).manual_seed(config.seed),
             self.device,
@@ -205,8 +213,25 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------
 
     def _new_optimizers(self, resolution: int) -> dict[str, torch.optim.Optimizer]:
-        lr = self.family.learning_rate(self.progress.kimg, resolution)
-        return {"G": self.family.optimizer(self.G, lr), "D": self.family.optimizer(self.D, lr)}
+        """A fresh Adam per network, with the family's settings for it."""
+        optimizers = {}
+        for name, module in (("G", self.G), ("D", self.D)):
+            adam = self.family.adam(name)
+            lr = self.family.learning_rate(name, self.progress.kimg, resolution)
+            optimizers[name] = torch.optim.Adam(
+                module.parameters(), lr=lr, betas=adam.betas, eps=adam.eps
+            )
+        return optimizers
+
+    def sampler(self) -> Sampler:
+        """The generator users would sample now (G_ema when kept) at the current stage."""
+        return Sampler.of(
+            self.G_ema if self.G_ema is not None else self.G,
+            self.family.prior,
+            self.stage.resolution,
+            self.stage.fade_alpha,
+            self.autocast_dtype,
+        )
 
     def _restore(self) -> None:
         with self.session.restore_dir() as directory:
@@ -226,7 +251,7 @@ class Trainer:
             self.optimizers = self._new_optimizers(self.stage.resolution)
             for name, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(state[f"optimizer_{name}"])
-            self.family.loss.load_state_dict(state["loss"])
+            self.loss.load_state_dict(state["loss"])
             rng = read_rng(directory, self.rank)
             if rng is None:
                 log.warning(
@@ -264,7 +289,7 @@ class Trainer:
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else {},
             **{f"optimizer_{k}": v.state_dict() for k, v in self.optimizers.items()},
-            "loss": self.family.loss.state_dict(),
+            "loss": self.loss.state_dict(),
         }
 
     def save_checkpoint(self, metrics: dict[str, float]) -> None:
@@ -278,7 +303,6 @@ class Trainer:
                 rank=self.rank,
                 latent_generator=self.latent_generator,
                 state=self._state() if rank0 else None,
-                networks={"G": describe_network(self.G), "D": describe_network(self.D)},
                 config=self.config.model_dump(mode="json"),
                 progress=self.progress,
             )
@@ -315,15 +339,20 @@ class Trainer:
             stage.resolution,
             stage.fade_alpha,
             self.latent_generator,
-            self.options.autocast_dtype,
+            self.autocast_dtype,
             rank=self.rank,
             world_size=self.world_size,
         )
+        if self.config.mirror_augment:  # one draw over the global batch, as the latents
+            generator = self.latent_generator
+            flips = state.rows(
+                len(real), lambda m: torch.rand(m, generator=generator, device=generator.device)
+            )
+            real = mirror(real, flips.to(real.device) < 0.5)
         real = fade_real(real, stage.fade_alpha).contiguous(memory_format=self.memory_format)
-        lr = self.family.learning_rate(self.progress.kimg, stage.resolution)
         metrics: dict[str, torch.Tensor] = {}
         finite, generator_stepped = True, False
-        for phase in self.family.phases:
+        for phase in self.phases:
             if self.progress.step % phase.interval:
                 continue
             module = self.G if phase.trains == "G" else self.D
@@ -331,9 +360,10 @@ class Trainer:
             self.D.requires_grad_(phase.trains == "D")
             optimizer = self.optimizers[phase.trains]
             optimizer.zero_grad(set_to_none=True)
-            phase_metrics = self.family.loss.accumulate_gradients(phase, real, state)
+            phase_metrics = self.loss.accumulate_gradients(phase, real, state)
             metrics.update({f"{phase.name}/{k}": v for k, v in phase_metrics.items()})
             if bool(distributed.average_gradients(module)):
+                lr = self.family.learning_rate(phase.trains, self.progress.kimg, stage.resolution)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.step()
@@ -342,7 +372,7 @@ class Trainer:
                 finite = False
         metrics = distributed.average_metrics(metrics)
         if finite:
-            metrics.update(self.family.loss.end_step(metrics))
+            metrics.update(self.loss.end_step(metrics))
             if generator_stepped and self.G_ema is not None:
                 update_ema(self.G_ema, self.G, self.family.ema_beta)
         return metrics, finite
@@ -350,13 +380,7 @@ class Trainer:
     def write_samples(self) -> None:
         if self.rank != 0 or self.options.run_dir is None:
             return
-        images = generate(
-            self.G_ema if self.G_ema is not None else self.G,
-            self.sample_latents,
-            self.stage.resolution,
-            self.stage.fade_alpha,
-            autocast_dtype=self.options.autocast_dtype,
-        )
+        images = self.sampler()(self.sample_latents)
         name = f"kimg{self.progress.kimg:010.3f}.png"
         path = write_grid(images, self.options.run_dir / "samples" / name)
         if self.logger is not None:
@@ -382,13 +406,16 @@ class Trainer:
             self.write_samples()  # the untrained baseline grid
         self._interval = _Interval(progress.kimg)
         consecutive_nonfinite = 0
+        previous = Stage(progress.resolution, progress.fade_alpha) if progress.resolution else None
         resolution, batches = progress.resolution or None, None
         first_step = progress.step
         while progress.kimg < stop_kimg - 1e-9:
             self.stage = self.schedule.at(progress.kimg)
+            if previous is not None and self.family.resets_optimizers(previous, self.stage):
+                self.optimizers = self._new_optimizers(self.stage.resolution)
+                progress.optimizer_resets += 1
+            previous = self.stage
             if self.stage.resolution != resolution:
-                if resolution is not None and self.family.reset_optimizer_on_grow:
-                    self.optimizers = self._new_optimizers(self.stage.resolution)
                 resolution, batches = self.stage.resolution, None
             if batches is None:
                 batches = self._batches(resolution)
@@ -399,7 +426,7 @@ class Trainer:
             before = progress.kimg
             progress.images += real.shape[0] * self.world_size
             progress.step += 1
-            progress.resolution = resolution
+            progress.resolution, progress.fade_alpha = resolution, self.stage.fade_alpha
             if finite:
                 consecutive_nonfinite = 0
                 self._interval.add(metrics)
@@ -439,15 +466,11 @@ class Trainer:
 
         started = time.perf_counter()
         evaluation = Evaluation(
-            self.G_ema if self.G_ema is not None else self.G,
-            self.stage.resolution,
+            self.sampler(),
             self.config.data,
-            self.device,
             seed=self.config.seed,
-            fade_alpha=self.stage.fade_alpha,
-            autocast_dtype=self.options.autocast_dtype,
             discriminator=self.D,
-            began_gamma=getattr(self.config.model, "gamma", None),
+            family_metrics=self.family.metrics(),
         )
         results = evaluate(list(self.config.metrics), evaluation)
         progress = self.progress

@@ -79,15 +79,9 @@ class RunStorage:
     def latest_complete_checkpoint(self, run: str) -> str | None:
         """The newest checkpoint (by images shown) holding every file its writers wrote: rank
         0's and one RNG file per rank (a kill can interrupt a copy); None if there is none."""
-        from trainers.checkpoint import (
-            CONFIG_NAME,
-            NETWORKS_NAME,
-            PROGRESS_NAME,
-            STATE_NAME,
-            rng_name,
-        )
+        from trainers.checkpoint import CONFIG_NAME, PROGRESS_NAME, STATE_NAME, rng_name
 
-        needed = {STATE_NAME, NETWORKS_NAME, CONFIG_NAME, PROGRESS_NAME}
+        needed = {STATE_NAME, CONFIG_NAME, PROGRESS_NAME}
         found = []
         for checkpoint in self.checkpoints(run):
             files = set(self._names(run, checkpoint))

@@ -1,5 +1,11 @@
-"""Sample grids from fixed latents, written as PNG (torchvision has no CPU build to pair with
-this torch, so its make_grid is replaced by the few lines below)."""
+"""One inference object: a `Sampler` holds a generator fixed at one stage (resolution, fade
+alpha) and the latent prior it was trained on. Training-time grids, metrics, `ganforge sample`
+and `ganforge evaluate`, the pipeline's grids and the registered model all go through it, so
+every path draws latents from the family's own prior.
+
+Grids are written as PNG with a few lines of our own (torchvision, whose make_grid this
+replaces, has no CPU build that pairs with this torch).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainers.networks.layers import normal_latents
+from trainers.families.base import LatentPrior
 
 GRID_CELL_MIN_PIXELS = 64  # small resolutions are enlarged (nearest) so a grid stays legible
+CHUNK = 64  # latents per forward pass
 
 
 def image_grid(images: torch.Tensor, columns: int) -> Image.Image:
@@ -30,25 +37,6 @@ def image_grid(images: torch.Tensor, columns: int) -> Image.Image:
     return Image.fromarray(canvas)
 
 
-@torch.no_grad()
-def generate(
-    generator: torch.nn.Module,
-    latents: torch.Tensor,
-    resolution: int,
-    fade_alpha: float = 1.0,
-    chunk: int = 64,
-    autocast_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Images for `latents` in eval mode, `chunk` at a time; the training mode is restored."""
-    was_training = generator.training
-    generator.eval()
-    device = latents.device
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        images = [generator(part, resolution, fade_alpha).float() for part in latents.split(chunk)]
-    generator.train(was_training)
-    return torch.cat(images)
-
-
 def write_grid(images: torch.Tensor, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = max(1, int(round(len(images) ** 0.5)))
@@ -56,10 +44,10 @@ def write_grid(images: torch.Tensor, path: Path) -> Path:
     return path
 
 
-class LatentSampler(nn.Module):
-    """What the model registry holds: a generator fixed at one resolution and fade-in, called
-    on latents alone. [N, latent_dim] float32 ~ N(0, 1) -> [N, 3, R, R] float32 images in
-    [-1, 1]. MLflow exports it with torch.export, so loading it needs torch, not ganforge."""
+class StageGenerator(nn.Module):
+    """G fixed at one resolution and fade alpha, called on latents alone: [N, latent_dim]
+    float32 from the prior -> [N, 3, R, R] float32 images in [-1, 1]. This is the module the
+    registry exports (torch.export), so loading it needs torch, not ganforge."""
 
     def __init__(self, generator: nn.Module, resolution: int, fade_alpha: float = 1.0):
         super().__init__()
@@ -67,43 +55,68 @@ class LatentSampler(nn.Module):
         self.resolution, self.fade_alpha = resolution, fade_alpha
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.generator(latents, self.resolution, self.fade_alpha).clamp(-1, 1)
+        return self.generator(latents, self.resolution, self.fade_alpha).float().clamp(-1, 1)
 
 
-class FixedStageGenerator(nn.Module):
-    """A sampler loaded from the registry behind the training generators' interface
-    (`sample_latents`, `forward(z, resolution, fade_alpha)`), so metrics and grids take it as
-    they take G."""
+class Sampler:
+    """A generator ready to sample. Its forward passes run in eval mode (the protocol every
+    caller gets: BatchNorm on its running statistics, so an image depends on its latent
+    alone, never on the batch or on other ranks); the module's mode is restored after."""
 
-    def __init__(self, sampler: nn.Module, latent_dim: int, resolution: int):
-        super().__init__()
-        self.sampler, self.latent_dim, self.resolution = sampler, latent_dim, resolution
+    def __init__(
+        self,
+        generator: nn.Module,  # forward(latents) -> images, e.g. a StageGenerator
+        prior: LatentPrior,
+        resolution: int,
+        fade_alpha: float = 1.0,
+        autocast_dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.generator, self.prior = generator, prior
+        self.resolution, self.fade_alpha = resolution, fade_alpha
+        self.autocast_dtype = autocast_dtype
+        self.device = torch.device(device)
 
-    def sample_latents(
-        self, n: int, generator: torch.Generator, device: torch.device | str
-    ) -> torch.Tensor:
-        return normal_latents(n, self.latent_dim, generator, device)
+    @classmethod
+    def of(
+        cls,
+        generator: nn.Module,
+        prior: LatentPrior,
+        resolution: int,
+        fade_alpha: float = 1.0,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> Sampler:
+        """A training generator (`forward(z, resolution, fade_alpha)`) at one stage."""
+        device = next(generator.parameters()).device
+        stage = StageGenerator(generator, resolution, fade_alpha)
+        return cls(stage, prior, resolution, fade_alpha, autocast_dtype, device)
 
-    def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
-        if resolution != self.resolution:
-            raise ValueError(f"this model generates {self.resolution}², not {resolution}²")
-        return self.sampler(z)
+    @classmethod
+    def from_checkpoint(cls, directory: Path, device: torch.device | str = "cpu") -> Sampler:
+        """The checkpoint's generator (its EMA copy where kept) at the stage it had reached."""
+        from trainers.checkpoint import load_networks, read_config, read_stage
 
-    def train(self, mode: bool = True) -> FixedStageGenerator:
-        self.training = mode  # an exported program has no train mode: its eval() raises
-        return self
+        stage, family = read_stage(directory), read_config(directory).family
+        generator = load_networks(directory, device)["G"]
+        return cls.of(generator, family.prior, stage.resolution, stage.fade_alpha)
 
+    def latents(self, count: int, seed: int) -> torch.Tensor:
+        """The latents `ganforge sample --seed` draws: the same for a checkpoint and its model."""
+        return self.prior.seeded(count, seed).to(self.device)
 
-def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """The latents `ganforge sample --seed` draws: the same for a checkpoint and its model."""
-    return normal_latents(count, latent_dim, torch.Generator().manual_seed(seed), "cpu")
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, R, R] float32 in [-1, 1] for `latents`, CHUNK at a time."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            enabled = self.autocast_dtype is not None
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+                parts = [self.generator(part).float().clamp(-1, 1) for part in latents.split(CHUNK)]
+        finally:
+            self.generator.train(was_training)
+        return torch.cat(parts)
 
-
-def write_sample_grid(
-    generator: nn.Module, resolution: int, fade_alpha: float, count: int, seed: int, out: Path
-) -> Path:
-    """`count` images from `seeded_latents(seed)` as one grid PNG at `out` (on the CPU)."""
-    latents = seeded_latents(count, generator.latent_dim, seed)
-    with torch.inference_mode():
-        images = LatentSampler(generator, resolution, fade_alpha)(latents)
-    return write_grid(images, out)
+    def write_grid(self, path: Path, count: int, seed: int) -> Path:
+        """`count` images from `latents(count, seed)` as one grid PNG at `path`."""
+        return write_grid(self(self.latents(count, seed)), path)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from trainers.families.base import LatentPrior
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class StepState:
     resolution: int  # pixels per side of this step's real and fake images
     fade_alpha: float  # ProGAN fade-in weight of the newest block; 1.0 outside a fade-in
     generator: torch.Generator  # latents and interpolation weights; seeded alike on every rank
-    autocast_dtype: torch.dtype | None = None  # bf16 on GPU; None runs in float32
+    autocast_dtype: torch.dtype | None = None  # precision: bf16; None runs in float32
     rank: int = 0
     world_size: int = 1
 
@@ -44,28 +47,31 @@ class StepState:
 class GanLoss(abc.ABC):
     """Owns running G and D for each phase, the family's regularizers and running state."""
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
-        self.G = generator  # unwrapped: the loss calls its sample_latents
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, prior: LatentPrior):
+        self.G = generator
         self.D = discriminator
+        self.prior = prior  # G's latents: the family's prior
 
     @staticmethod
-    def autocast(state: StepState, device: torch.device):
-        """Forward passes in the step's autocast dtype (bf16 on GPU); float32 when None."""
-        return torch.autocast(
-            device.type, dtype=state.autocast_dtype, enabled=state.autocast_dtype is not None
-        )
+    def autocast(state: StepState, device: torch.device, full_precision: bool = False):
+        """Forward passes in the step's autocast dtype (bf16 under `precision: bf16`); float32
+        when it is None or for a `full_precision` computation."""
+        enabled = state.autocast_dtype is not None and not full_precision
+        return torch.autocast(device.type, dtype=state.autocast_dtype, enabled=enabled)
 
     def generate(self, n: int, state: StepState, device: torch.device) -> torch.Tensor:
         """n fake images [n, 3, R, R] at the step's resolution and fade-in, as float32 so losses
         mix them with real images and reduce in full precision."""
-        latents = state.rows(n, lambda m: self.G.sample_latents(m, state.generator, device))
+        latents = state.rows(n, lambda m: self.prior.sample(m, state.generator, device))
         with self.autocast(state, device):
             images = self.G(latents, state.resolution, state.fade_alpha)
         return images.float()
 
-    def discriminate(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
+    def discriminate(
+        self, images: torch.Tensor, state: StepState, full_precision: bool = False
+    ) -> torch.Tensor:
         """D's output for `images` (scores [N] or reconstructions), as float32."""
-        with self.autocast(state, images.device):
+        with self.autocast(state, images.device, full_precision):
             output = self.D(images, state.resolution, state.fade_alpha)
         return output.float()
 

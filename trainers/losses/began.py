@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from trainers.families.base import LatentPrior
 from trainers.losses.base import GanLoss, Phase, StepState
 
 
@@ -17,19 +18,21 @@ class BEGANLoss(GanLoss):
         self,
         generator: torch.nn.Module,
         discriminator: torch.nn.Module,
+        prior: LatentPrior,
         gamma: float = 0.5,  # diversity ratio E[L(G(z))] / E[L(x)]; lower is sharper, less varied
         lambda_k: float = 0.001,  # proportional gain of the k_t controller
         k_initial: float = 0.0,
     ):
-        super().__init__(generator, discriminator)
+        super().__init__(generator, discriminator, prior)
         self.gamma = gamma
         self.lambda_k = lambda_k
         # float64: k_t moves by ~1e-4 a step, which float32 rounding would distort near 1.
         self.k = torch.tensor(k_initial, dtype=torch.float64)
 
     def _autoencoder_loss(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
-        """L(v) = mean |v − D(v)|, the pixel-wise L1 reconstruction error."""
-        return (images - self.discriminate(images, state)).abs().mean()
+        """L(v) = mean |v − D(v)|, the pixel-wise L1 reconstruction error. In float32 under
+        bf16 too: k_t steers on the small difference γ L(x) − L(G(z)) of two such errors."""
+        return (images - self.discriminate(images, state, full_precision=True)).abs().mean()
 
     def accumulate_gradients(
         self, phase: Phase, real: torch.Tensor, state: StepState

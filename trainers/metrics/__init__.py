@@ -11,22 +11,32 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from trainers.data.format import check_resolution
 
 NAME_PATTERN = re.compile(r"(fid|kid|swd)([1-9][0-9]*)k")  # N thousand generated images
-BEGAN_CONVERGENCE = "m_global"
 # The score of a checkpoint no metric was measured at: last under Ray's "min" order. Finite,
 # because Ray's checkpoint-manager snapshot is JSON, where infinity becomes null and a resumed
 # run then fails comparing scores.
 UNSCORED = sys.float_info.max
-NAMES_HELP = "fid<N>k, kid<N>k, swd<N>k (N thousand generated images, e.g. fid50k) or m_global"
+
+
+def names_help() -> str:
+    """The registered names, for messages: the generic ones and every family's own."""
+    from trainers.families import family_metric_names
+
+    own = ", ".join(sorted(family_metric_names()))
+    generic = "fid<N>k, kid<N>k, swd<N>k (N thousand generated images, e.g. fid50k)"
+    return f"{generic}, or a family's own: {own}" if own else generic
 
 
 def parse_metric_name(name: str) -> tuple[str, int]:
-    """'fid50k' -> ('fid', 50), 'm_global' -> ('m_global', 0); ValueError listing the names."""
-    if name == BEGAN_CONVERGENCE:
-        return name, 0
+    """'fid50k' -> ('fid', 50), 'm_global' -> ('m_global', 0) (a family's own metric);
+    ValueError listing the names."""
+    from trainers.families import family_metric_names
+
     match = NAME_PATTERN.fullmatch(name)
     if match:
         return match[1], int(match[2])
-    raise ValueError(f"unknown metric {name!r}; registered: {NAMES_HELP}")
+    if name in family_metric_names():
+        return name, 0
+    raise ValueError(f"unknown metric {name!r}; registered: {names_help()}")
 
 
 def check_metric_names(names: list[str]) -> list[str]:

@@ -6,7 +6,7 @@ the resolution, so two runs' `fid50k` compare.
   kid{N}k   kernel Inception distance (×10³), same images and features as fid{N}k
   swd{N}k   ProGAN's multi-scale sliced Wasserstein distance (×10³), N thousand generated vs
             the first N thousand real images; needs no pretrained weights
-  m_global  BEGAN's convergence measure over every real image and as many generated ones
+  a family's own metrics (BEGAN's m_global), which the family's module measures
 
 Work is split over the ranks of the process group (when there is one) in fixed chunks: image
 i always comes from the same latent and the same descriptor draw, so the result does not
@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,14 @@ from trainers import distributed
 from trainers.data.format import IMAGE_EXTENSION, dataset_at, load_manifest
 from trainers.data.reader import decode_image, to_model_range, ustar_members
 from trainers.data.s3 import S3Url, is_s3_url
-from trainers.metrics import BEGAN_CONVERGENCE, parse_metric_name, swd
+from trainers.metrics import parse_metric_name, swd
 from trainers.metrics.inception import InceptionWeightsUnavailable, cache_dir, load_fid_inception
 from trainers.metrics.statistics import (
     FeatureStatistics,
     frechet_distance,
     kernel_inception_distance,
 )
+from trainers.sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +62,30 @@ def statistics_dir(data: str | Path) -> Path:
 
 @dataclass
 class Evaluation:
-    """One generator at one resolution against one dataset; metrics read what they need."""
+    """One sampler (a generator at one stage, with its prior) against one dataset; metrics
+    read what they need."""
 
-    generator: nn.Module  # G, or G_ema when the family keeps one
-    resolution: int
+    sampler: Sampler | None  # G (G_ema where kept), in eval mode; None: the real side only
     data: str | Path  # a dataset folder or s3://BUCKET/PREFIX
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0  # fixes the latents and every random draw of the metrics
-    fade_alpha: float = 1.0
-    autocast_dtype: torch.dtype | None = None
-    discriminator: nn.Module | None = None  # m_global: BEGAN's autoencoder
-    began_gamma: float | None = None  # m_global: the run's γ
+    discriminator: nn.Module | None = None  # a checkpoint's D, for metrics of a family's own
+    family_metrics: dict[str, Callable[[Evaluation], dict[str, float]]] = field(
+        default_factory=dict
+    )  # the family's own metrics by name (Family.metrics)
     # images per unit of work: fixes which latent and RNG draw image i gets (so the ranks'
     # split does not change the result); part of how every name is measured, tests shrink it
     chunk_size: int = CHUNK
+    real_resolution: int | None = None  # the resolution when there is no sampler
     _inception: nn.Module | None = None
     _fake_features: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> int:
+        return self.sampler.resolution if self.sampler is not None else self.real_resolution
+
+    @property
+    def device(self) -> torch.device:
+        return self.sampler.device if self.sampler is not None else torch.device("cpu")
 
     @property
     def rank(self) -> int:
@@ -94,19 +104,8 @@ class Evaluation:
         """(chunk index, generated images [n, 3, R, R] in [-1, 1]) of this rank's chunks."""
         for chunk in range(self.rank, -(-count // self.chunk_size), self.world_size):
             size = min(self.chunk_size, count - chunk * self.chunk_size)
-            latents = self.generator.sample_latents(
-                size, torch.Generator(self.device).manual_seed(_seed(self.seed, chunk)), self.device
-            )
-            with (
-                torch.no_grad(),
-                torch.autocast(
-                    self.device.type,
-                    dtype=self.autocast_dtype,
-                    enabled=self.autocast_dtype is not None,
-                ),
-            ):
-                images = self.generator(latents, self.resolution, self.fade_alpha)
-            yield chunk, images.float().clamp(-1, 1)
+            draws = torch.Generator().manual_seed(_seed(self.seed, chunk))  # CPU: any device
+            yield chunk, self.sampler(self.sampler.prior.sample(size, draws, self.device))
 
     def real_chunks(self, limit: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """(global chunk index, real images [n, 3, R, R] in [-1, 1]) of this rank's chunks, the
@@ -168,12 +167,48 @@ def real_chunks(
             break
 
 
+class EvaluationTimeout(RuntimeError):
+    """A rank waited longer than the evaluation timeout for the others (one failed, or they
+    disagree on what to measure): the evaluation fails instead of hanging the run."""
+
+
+# seconds a rank waits for the others at one of evaluation's collectives
+EVALUATION_TIMEOUT_S = float(os.environ.get("GANFORGE_EVAL_TIMEOUT_S", "1800"))
+_groups: dict[int, dist.ProcessGroup] = {}
+
+
+def evaluation_group() -> dist.ProcessGroup:
+    """A gloo group of every rank whose collectives time out after EVALUATION_TIMEOUT_S;
+    created (a collective itself) when every rank enters its first evaluation."""
+    world = id(dist.group.WORLD)
+    if world not in _groups:
+        timeout = timedelta(seconds=EVALUATION_TIMEOUT_S)
+        _groups[world] = dist.new_group(backend="gloo", timeout=timeout)
+    return _groups[world]
+
+
+def _collective(what: str, call: Callable[[dist.ProcessGroup], object]) -> None:
+    """`call(group)` on the evaluation group, so a rank left alone raises EvaluationTimeout
+    rather than waiting for good. CPU objects only."""
+    try:
+        call(evaluation_group())
+    except RuntimeError as error:
+        if "timed out" not in str(error).lower():
+            raise
+        raise EvaluationTimeout(
+            f"evaluation: rank {distributed.rank()} waited over {EVALUATION_TIMEOUT_S:.0f} s for "
+            f"the other ranks to {what} (GANFORGE_EVAL_TIMEOUT_S); one of them failed or "
+            "stopped evaluating"
+        ) from None
+
+
 def gather_chunks(parts) -> torch.Tensor:
-    """Every rank's (chunk index, tensor) parts, joined in chunk order, on every rank (CPU)."""
+    """Every rank's (chunk index, tensor) parts, joined in chunk order, on every rank (CPU).
+    A rank with no chunk takes part all the same, with an empty list."""
     local = [(chunk, tensor.detach().cpu()) for chunk, tensor in parts]
     if distributed.world_size() > 1:
         every: list = [None] * distributed.world_size()
-        dist.all_gather_object(every, local)
+        _collective("gather", lambda group: dist.all_gather_object(every, local, group=group))
         local = [part for rank_parts in every for part in rank_parts]
     local.sort(key=lambda part: part[0])  # stable: the parts of a chunk keep their order
     return torch.cat([tensor for _, tensor in local])
@@ -185,7 +220,9 @@ def _on_rank0(compute: Callable[[], dict[str, float]]) -> dict[str, float]:
     if distributed.world_size() == 1:
         return compute()
     result = [compute() if distributed.rank() == 0 else None]
-    dist.broadcast_object_list(result, src=0)
+    _collective(
+        "receive rank 0's result", lambda group: dist.broadcast_object_list(result, 0, group)
+    )
     return result[0]
 
 
@@ -335,32 +372,17 @@ def _generator(seed: int, chunk: int, salt: str) -> torch.Generator:
     return torch.Generator().manual_seed(_seed(seed, chunk, salt))
 
 
-class BEGANConvergence(Metric):
-    """M_global = L(x) + |γ L(x) − L(G(z))| (Berthelot et al. 2017, eq. 5), L the L1
-    reconstruction error of BEGAN's autoencoder discriminator, over every real image and as
-    many generated ones."""
+class FamilyMetric(Metric):
+    """A family's own metric, measured by the function its Family.metrics() returns."""
 
-    name = BEGAN_CONVERGENCE
+    def __init__(self, name: str):
+        self.name = name
 
     def compute(self, evaluation: Evaluation) -> dict[str, float]:
-        if evaluation.discriminator is None or evaluation.began_gamma is None:
-            raise MetricUnavailable("m_global is BEGAN's: it needs a BEGAN discriminator and γ")
-        discriminator = evaluation.discriminator
-
-        def errors(chunks) -> torch.Tensor:
-            parts = []
-            for chunk, images in chunks:
-                with torch.no_grad():
-                    reconstruction = discriminator(
-                        images, evaluation.resolution, evaluation.fade_alpha
-                    )
-                parts.append((chunk, (images - reconstruction.float()).abs().mean((1, 2, 3))))
-            return gather_chunks(parts)  # [n] per-image L1
-
-        real = errors(evaluation.real_chunks()).double()
-        fake = errors(evaluation.fake_chunks(len(real))).double()
-        balance = evaluation.began_gamma * real.mean() - fake.mean()
-        return {self.name: float(real.mean() + balance.abs())}
+        measure = evaluation.family_metrics.get(self.name)
+        if measure is None:
+            raise MetricUnavailable("it belongs to another family than this generator's")
+        return measure(evaluation)
 
 
 class MetricUnavailable(RuntimeError):
@@ -371,14 +393,13 @@ _KINDS: dict[str, Callable[[int], Metric]] = {
     "fid": FrechetInceptionDistance,
     "kid": KernelInceptionDistance,
     "swd": SlicedWassersteinDistance,
-    BEGAN_CONVERGENCE: lambda _: BEGANConvergence(),
 }
 
 
 def get_metric(name: str) -> Metric:
     """The metric a registered name stands for; ValueError listing the names otherwise."""
     kind, thousands = parse_metric_name(name)
-    return _KINDS[kind](thousands)
+    return _KINDS[kind](thousands) if kind in _KINDS else FamilyMetric(name)
 
 
 def evaluate(names: list[str], evaluation: Evaluation) -> dict[str, float]:
@@ -386,10 +407,12 @@ def evaluate(names: list[str], evaluation: Evaluation) -> dict[str, float]:
     without the Inception weights are skipped with one warning that says how to supply them:
     a number from another network is never reported as FID."""
     results: dict[str, float] = {}
-    networks = [n for n in (evaluation.generator, evaluation.discriminator) if n is not None]
-    modes = [network.training for network in networks]
-    for network in networks:  # batch statistics (and their cross-rank sums) off
-        network.eval()
+    if distributed.world_size() > 1:
+        evaluation_group()  # every rank is here: the one point the group can be made
+    discriminator = evaluation.discriminator
+    mode = discriminator.training if discriminator is not None else False
+    if discriminator is not None:  # the sampler runs G in eval mode itself
+        discriminator.eval()
     try:
         for metric in map(get_metric, names):
             try:
@@ -400,8 +423,8 @@ def evaluate(names: list[str], evaluation: Evaluation) -> dict[str, float]:
             except MetricUnavailable as error:
                 _warn_once(f"{metric.name} skipped: {error}")
     finally:
-        for network, mode in zip(networks, modes, strict=True):
-            network.train(mode)
+        if discriminator is not None:
+            discriminator.train(mode)
     return results
 
 

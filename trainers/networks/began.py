@@ -71,21 +71,9 @@ class BEGANGenerator(nn.Module):
     def __init__(self, resolution: int = 64, latent_dim: int = 64, channels: int = 64):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "BEGANGenerator")
-        self.init_kwargs = {
-            "resolution": resolution,
-            "latent_dim": latent_dim,
-            "channels": channels,
-        }
         self.resolution = resolution
         self.latent_dim = latent_dim
         self.decoder = Decoder(resolution, latent_dim, channels)
-
-    def sample_latents(
-        self, n: int, generator: torch.Generator, device: torch.device | str
-    ) -> torch.Tensor:
-        """[n, latent_dim] uniform in [-1, 1], as the paper; drawn on the RNG's device."""
-        uniform = torch.rand(n, self.latent_dim, generator=generator, device=generator.device)
-        return (2 * uniform - 1).to(device)
 
     def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)
@@ -98,11 +86,6 @@ class BEGANDiscriminator(nn.Module):
     def __init__(self, resolution: int = 64, latent_dim: int = 64, channels: int = 64):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "BEGANDiscriminator")
-        self.init_kwargs = {
-            "resolution": resolution,
-            "latent_dim": latent_dim,
-            "channels": channels,
-        }
         self.resolution = resolution
         self.encoder = Encoder(resolution, latent_dim, channels)
         self.decoder = Decoder(resolution, latent_dim, channels)

@@ -1,4 +1,7 @@
-"""DCGAN-style generator and critic of WGAN-GP (Gulrajani et al. 2017) at 32, 64 or 128 px."""
+"""DCGAN-style generator and critic of WGAN-GP (Gulrajani et al. 2017) at 32, 64 or 128 px.
+
+The official code's 64² nets (gan_64x64.py, DCGANGenerator / DCGANDiscriminator) are
+kernel_size=5, critic_norm="layer", init_std=0.02."""
 
 from __future__ import annotations
 
@@ -7,12 +10,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from trainers.networks.layers import (
-    LEAKY_RELU_SLOPE,
-    check_fixed_resolution,
-    normal_latents,
-    validate_resolution,
-)
+from trainers.networks.layers import LEAKY_RELU_SLOPE, check_fixed_resolution, validate_resolution
 
 MIN_RESOLUTION = 32
 MAX_RESOLUTION = 128
@@ -25,17 +23,40 @@ def _channels_per_scale(resolution: int, base_channels: int) -> list[int]:
     return [base_channels * 2**i for i in reversed(range(doublings))]
 
 
+def _transposed(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Module:
+    """Stride-2 transposed conv that exactly doubles the size: 4×4 (padding 1) or 5×5 (padding
+    2 and one extra output row and column, as TensorFlow's 'SAME' of the official code)."""
+    padding, extra = (1, 0) if kernel_size == 4 else (2, 1)
+    return nn.ConvTranspose2d(
+        in_channels, out_channels, kernel_size, 2, padding, output_padding=extra, bias=bias
+    )
+
+
+def _initialize(module: nn.Module, init_std: float | None) -> None:
+    """N(0, init_std) weights and zero biases of every conv and linear layer (the official
+    code's set_weights_stdev(0.02)); None keeps PyTorch's default initialization."""
+    if init_std is None:
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, init_std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class DCGANGenerator(nn.Module):
     """Linear to 4×4 features, then stride-2 transposed convs (BatchNorm + ReLU) to RGB, tanh."""
 
-    def __init__(self, resolution: int = 64, latent_dim: int = 128, base_channels: int = 64):
+    def __init__(
+        self,
+        resolution: int = 64,
+        latent_dim: int = 128,
+        base_channels: int = 64,
+        kernel_size: int = 5,
+        init_std: float | None = 0.02,
+    ):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "DCGANGenerator")
-        self.init_kwargs = {
-            "resolution": resolution,
-            "latent_dim": latent_dim,
-            "base_channels": base_channels,
-        }
         self.resolution = resolution
         self.latent_dim = latent_dim  # 128 in the WGAN-GP code
         channels = _channels_per_scale(resolution, base_channels)
@@ -48,17 +69,13 @@ class DCGANGenerator(nn.Module):
         ]
         for in_channels, out_channels in pairwise(channels):
             layers += [
-                nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+                _transposed(in_channels, out_channels, kernel_size, bias=False),
                 nn.BatchNorm2d(out_channels),
                 nn.ReLU(),
             ]
-        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1), nn.Tanh()]
+        layers += [_transposed(channels[-1], 3, kernel_size, bias=True), nn.Tanh()]
         self.layers = nn.Sequential(*layers)
-
-    def sample_latents(
-        self, n: int, generator: torch.Generator, device: torch.device | str
-    ) -> torch.Tensor:
-        return normal_latents(n, self.latent_dim, generator, device)
+        _initialize(self, init_std)
 
     def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)
@@ -66,23 +83,33 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANCritic(nn.Module):
-    """Stride-2 convs with leaky ReLU down to 4×4, then linear to a score. No batch norm: the
-    gradient penalty is per sample, and batch norm would mix samples."""
+    """Stride-2 convs with leaky ReLU down to 4×4, then linear to a score. With
+    critic_norm="layer", every conv but the first is followed by a per-sample LayerNorm over
+    (C, H, W) with a per-channel scale and shift (GroupNorm of one group), as the official
+    code; never batch norm: the gradient penalty is per sample, and batch norm mixes samples."""
 
-    def __init__(self, resolution: int = 64, base_channels: int = 64):
+    def __init__(
+        self,
+        resolution: int = 64,
+        base_channels: int = 64,
+        kernel_size: int = 5,
+        critic_norm: str = "layer",
+        init_std: float | None = 0.02,
+    ):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "DCGANCritic")
-        self.init_kwargs = {"resolution": resolution, "base_channels": base_channels}
         self.resolution = resolution
         channels = [3, *reversed(_channels_per_scale(resolution, base_channels))]
         layers: list[nn.Module] = []
-        for in_channels, out_channels in pairwise(channels):
-            layers += [
-                nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1),
-                nn.LeakyReLU(LEAKY_RELU_SLOPE),
-            ]
+        for index, (in_channels, out_channels) in enumerate(pairwise(channels)):
+            padding = (kernel_size - 1) // 2  # halves the size exactly: 1 for 4×4, 2 for 5×5
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, 2, padding))
+            if critic_norm == "layer" and index > 0:
+                layers.append(nn.GroupNorm(1, out_channels))
+            layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE))
         layers += [nn.Flatten(), nn.Linear(channels[-1] * 4 * 4, 1)]
         self.layers = nn.Sequential(*layers)
+        _initialize(self, init_std)
 
     def forward(self, x: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)

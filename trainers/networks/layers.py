@@ -27,14 +27,6 @@ def check_fixed_resolution(built_for: int, requested: int) -> None:
     assert requested == built_for, f"network built for {built_for} px, asked for {requested} px"
 
 
-def normal_latents(
-    n: int, latent_dim: int, generator: torch.Generator, device: torch.device | str
-) -> torch.Tensor:
-    """[n, latent_dim] ~ N(0, 1), drawn on the RNG's own device so a CPU generator can feed a
-    model on any device with the same numbers."""
-    return torch.randn(n, latent_dim, generator=generator, device=generator.device).to(device)
-
-
 class EqualizedConv2d(nn.Module):
     """Conv with ProGAN's equalized learning rate: weights stored as N(0, 1) and multiplied at
     run time by He's constant gain / sqrt(fan_in), so Adam's per-parameter step is the same

@@ -18,7 +18,6 @@ from trainers.networks.layers import (
     EqualizedLinear,
     MinibatchStddev,
     PixelNorm,
-    normal_latents,
     validate_resolution,
 )
 
@@ -66,12 +65,6 @@ class ProGANGenerator(nn.Module):
         validate_resolution(
             max_resolution, MIN_RESOLUTION, MAX_RESOLUTION, "ProGANGenerator max_resolution"
         )
-        self.init_kwargs = {
-            "max_resolution": max_resolution,
-            "latent_dim": latent_dim,
-            "fmap_base": fmap_base,
-            "fmap_max": fmap_max,
-        }
         self.max_resolution = max_resolution
         self.latent_dim = latent_dim
         channels = [
@@ -103,11 +96,6 @@ class ProGANGenerator(nn.Module):
         # Gain 1: the image is the linear output, no ReLU follows.
         self.to_rgb = nn.ModuleList(EqualizedConv2d(c, 3, 1, gain=1.0) for c in channels)
 
-    def sample_latents(
-        self, n: int, generator: torch.Generator, device: torch.device | str
-    ) -> torch.Tensor:
-        return normal_latents(n, self.latent_dim, generator, device)
-
     def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         stage = _stage(resolution, fade_alpha, self.max_resolution, "ProGANGenerator")
         previous = z
@@ -136,12 +124,6 @@ class ProGANDiscriminator(nn.Module):
         validate_resolution(
             max_resolution, MIN_RESOLUTION, MAX_RESOLUTION, "ProGANDiscriminator max_resolution"
         )
-        self.init_kwargs = {
-            "max_resolution": max_resolution,
-            "fmap_base": fmap_base,
-            "fmap_max": fmap_max,
-            "mbstd_group_size": mbstd_group_size,
-        }
         self.max_resolution = max_resolution
         channels = [
             feature_maps(resolution, fmap_base, fmap_max)

@@ -1,0 +1,120 @@
+"""Benchmark 6: sample quality of the quickstart's registered generators (what `make run`
+left in the registry at `models:/ganforge-<family>-quickstart-32@champion`), each next to two
+baselines measured in the same run on the same metric:
+
+  - the real-vs-real floor: the dataset's images 1,000..1,999 against its first 1,000 (what a
+    perfect generator would score);
+  - the mean-image baseline: the dataset's mean image plus small noise (a fully collapsed
+    generator that still gets the colours right).
+
+swd1k (×10³, lower is better) and the collapse check: the per-pixel standard deviation over
+1,000 samples as a fraction of the real images' (1.0: as varied as the data). Targets of the
+quickstart: swd1k ≤ 60 and that fraction ≥ 0.6 for every family.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import Row
+
+DATASET = Path("data/quickstart")
+RESOLUTION = 32
+FAMILIES = ("wgan_gp", "began", "progan")
+TARGET_SWD = 60.0
+TARGET_STD_FRACTION = 0.6
+COUNT = 1000
+MEAN_IMAGE_NOISE = 0.05  # σ of the noise on the mean image, in the [-1, 1] pixel range
+
+
+def _real_images(start: int, count: int):
+    import torch
+
+    from trainers.metrics.registry import real_chunks
+
+    chunks = real_chunks(DATASET, RESOLUTION, torch.device("cpu"), start + count)
+    return torch.cat([images for _, images in chunks])[start:]
+
+
+class _Images:
+    """A 'generator' replaying fixed images, picked by a U[-1, 1] latent (the floor)."""
+
+    training = False
+
+    def __init__(self, images):
+        self.images = images
+
+    def __call__(self, latents):
+        index = ((latents[:, 0] + 1) / 2 * len(self.images)).long().clamp(0, len(self.images) - 1)
+        return self.images[index]
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+
+class _MeanImage(_Images):
+    """The mean real image plus N(0, MEAN_IMAGE_NOISE²) per pixel, from a N(0, 1) latent."""
+
+    def __call__(self, latents):
+        return (self.images + MEAN_IMAGE_NOISE * latents.view(-1, *self.images.shape[1:])).clamp(
+            -1, 1
+        )
+
+
+def measure(sampler, real_std: float) -> dict:
+    """swd1k and the per-pixel standard deviation fraction of COUNT samples."""
+    import torch
+
+    from trainers.metrics.registry import Evaluation, evaluate
+
+    evaluation = Evaluation(sampler, DATASET, seed=0)
+    swd = evaluate(["swd1k"], evaluation)["swd1k"]
+    images = torch.cat([chunk for _, chunk in evaluation.fake_chunks(COUNT)])
+    return {"swd1k": swd, "pixel_std_fraction": images.std(0).mean().item() / real_std}
+
+
+def run(tracking_uri: str) -> tuple[dict, list[Row]]:
+    from pipelines.registry import RegistryError, load_generator
+    from trainers.families.base import LatentPrior
+    from trainers.sampling import Sampler
+
+    first = _real_images(0, COUNT)
+    real_std = first.std(0).mean().item()
+    held_out = _real_images(COUNT, COUNT)
+    floor = measure(Sampler(_Images(held_out), LatentPrior("uniform", 1), RESOLUTION), real_std)
+    pixels = 3 * RESOLUTION * RESOLUTION
+    mean = first.mean(0, keepdim=True)
+    collapsed = measure(Sampler(_MeanImage(mean), LatentPrior("normal", pixels), RESOLUTION),
+                        real_std)  # fmt: skip
+    payload = {
+        "metric": "swd1k at 32², x10^3; pixel_std_fraction: per-pixel std / the real images'",
+        "real_vs_real": floor,
+        "mean_image": collapsed,
+        "families": {},
+        "targets": {"swd1k_at_most": TARGET_SWD, "pixel_std_fraction_at_least": 0.6},
+    }
+    rows = []
+    for family in FAMILIES:
+        uri = f"models:/ganforge-{family}-quickstart-{RESOLUTION}@champion"
+        try:
+            loaded = load_generator(uri, tracking_uri)
+        except RegistryError:
+            print(f"quality: {family} skipped, no {uri} (run `make run` first)")
+            continue
+        found = measure(loaded.sampler, real_std)
+        meets = found["swd1k"] <= TARGET_SWD and found["pixel_std_fraction"] >= TARGET_STD_FRACTION
+        payload["families"][family] = found | {"model": uri, "meets_target": meets}
+        rows.append(
+            Row(
+                f"quality {family} swd1k (std fraction)",
+                f"{found['swd1k']:.1f} ({found['pixel_std_fraction']:.2f})",
+                f"floor {floor['swd1k']:.1f}, mean image {collapsed['swd1k']:.1f}",
+                None,
+                None,
+                meets,
+            )
+        )
+    return payload, rows

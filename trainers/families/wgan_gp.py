@@ -1,0 +1,81 @@
+"""WGAN-GP (Gulrajani et al. 2017): DCGAN-style G and critic, Wasserstein loss with gradient
+penalty, n_critic critic steps per generator step."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from trainers.families.base import AdamConfig, Beta, Family, FamilyConfig, Resolution, Strict
+
+FIXED_RESOLUTIONS = (32, 64, 128)  # the DCGAN nets' range
+
+
+def check_fixed_resolution(cls: type, value: int) -> int:
+    """A pydantic validator body for the fixed-resolution families' `resolution`."""
+    if value not in FIXED_RESOLUTIONS:
+        raise ValueError(f"must be 32, 64 or 128 for the {cls.__name__} nets, got {value}")
+    return value
+
+
+class WganGpAdam(AdamConfig):
+    lr: float = Field(default=1e-4, gt=0)  # the paper's α
+    betas: tuple[Beta, Beta] = (0.0, 0.9)  # the paper's β1, β2
+
+
+class WganGpOptimizers(Strict):
+    G: WganGpAdam = WganGpAdam()
+    D: WganGpAdam = WganGpAdam()
+
+
+class WganGpConfig(FamilyConfig):
+    """Defaults are the official code's 64² DCGAN setting (gan_64x64.py, MODE wgan-gp)."""
+
+    family: Literal["wgan_gp"] = "wgan_gp"
+    resolution: Resolution = 64  # the paper's main results are at 64²
+    latent_dim: int = Field(default=128, ge=1)  # official code's noise size
+    base_channels: int = Field(default=64, ge=1)  # DIM in the official DCGAN nets
+    kernel_size: Literal[4, 5] = 5  # official: 5×5 (transposed) convolutions, stride 2
+    # official: LayerNorm on the critic's convs 2-4 (its Normalize() under MODE wgan-gp); batch
+    # norm would mix the samples whose gradients the penalty takes one by one
+    critic_norm: Literal["none", "layer"] = "layer"
+    init_std: float | None = Field(default=0.02, gt=0)  # official: N(0, 0.02); None: PyTorch's
+    n_critic: int = Field(default=5, ge=1)  # critic steps per generator step
+    gp_weight: float = Field(default=10.0, ge=0)  # λ: the paper's penalty weight
+    optimizers: WganGpOptimizers = WganGpOptimizers()
+
+    @field_validator("resolution")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        return check_fixed_resolution(cls, value)
+
+
+class WganGp(Family):
+    name = "wgan_gp"
+    config_class = WganGpConfig
+    config: WganGpConfig
+
+    def build_generator(self):
+        from trainers.networks.dcgan import DCGANGenerator
+
+        c = self.config
+        return DCGANGenerator(
+            c.resolution, c.latent_dim, c.base_channels, c.kernel_size, c.init_std
+        )
+
+    def build_discriminator(self):
+        from trainers.networks.dcgan import DCGANCritic
+
+        c = self.config
+        return DCGANCritic(c.resolution, c.base_channels, c.kernel_size, c.critic_norm, c.init_std)
+
+    def build_loss(self, generator, discriminator):
+        from trainers.losses.wgan_gp import WGANGPLoss
+
+        return WGANGPLoss(generator, discriminator, self.prior, gp_weight=self.config.gp_weight)
+
+    def phases(self):
+        from trainers.losses.wgan_gp import wgan_gp_phases
+
+        return wgan_gp_phases(self.config.n_critic)
