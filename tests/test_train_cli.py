@@ -75,10 +75,10 @@ def test_paper_progan_preset_grows_to_1024():
         (sets("model.resolution=48"), "model.resolution: must be a power of two"),
         (sets("batch_per_resolution={4: 8}"), "no entry for resolution 8"),
         (sets("seed"), "expected key=value"),
-        (["--workers", "3"], "batch_per_resolution[4] = 64 does not split over 3 workers"),
+        (["--workers", "3"], "batch_per_resolution[4] = 16 does not split over 3 workers"),
         (
             ["--workers", "4", "--set", "min_workers=3"],
-            "min_workers=3: batch_per_resolution[4] = 64 does not split over 3 workers",
+            "min_workers=3: batch_per_resolution[4] = 16 does not split over 3 workers",
         ),
         (["--set", "min_workers=3"], "min_workers 3 is above workers 2"),
     ],
