@@ -39,20 +39,12 @@ def _real_images(start: int, count: int):
 class _Images:
     """A 'generator' replaying fixed images, picked by a U[-1, 1] latent (the floor)."""
 
-    training = False
-
     def __init__(self, images):
         self.images = images
 
     def __call__(self, latents):
         index = ((latents[:, 0] + 1) / 2 * len(self.images)).long().clamp(0, len(self.images) - 1)
         return self.images[index]
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
 
 
 class _MeanImage(_Images):

@@ -274,24 +274,5 @@ def load_generator(uri: str, tracking_uri: str) -> LoadedGenerator:
         program = mlflow.pytorch.load_model(local)
     prior = LatentPrior.from_json(metadata["prior"])
     # on the CPU, where the program was exported
-    sampler = Sampler(_Exported(program), prior, metadata["resolution"], metadata["fade_alpha"])
+    sampler = Sampler(program, prior, metadata["resolution"], metadata["fade_alpha"])
     return LoadedGenerator(sampler, metadata)
-
-
-class _Exported:
-    """An exported program behind the module calls a Sampler makes: it has no train mode
-    (its eval() raises), and needs none: it was exported in eval mode."""
-
-    training = False
-
-    def __init__(self, program):
-        self.program = program
-
-    def __call__(self, latents):
-        return self.program(latents)
-
-    def eval(self) -> _Exported:
-        return self
-
-    def train(self, mode: bool = True) -> _Exported:
-        return self

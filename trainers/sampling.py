@@ -59,9 +59,10 @@ class StageGenerator(nn.Module):
 
 
 class Sampler:
-    """A generator ready to sample. Its forward passes run in eval mode (the protocol every
-    caller gets: BatchNorm on its running statistics, so an image depends on its latent
-    alone, never on the batch or on other ranks); the module's mode is restored after."""
+    """A generator ready to sample. A training G (a StageGenerator) runs in eval mode here (the
+    protocol every caller gets: BatchNorm on its running statistics, so an image depends on
+    its latent alone, never on the batch or on other ranks), its mode restored after; any other
+    callable (an exported program, which has no train mode) is called as it is."""
 
     def __init__(
         self,
@@ -107,14 +108,16 @@ class Sampler:
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, R, R] float32 in [-1, 1] for `latents`, CHUNK at a time."""
-        was_training = self.generator.training
-        self.generator.eval()
+        training = isinstance(self.generator, StageGenerator) and self.generator.training
+        if training:
+            self.generator.eval()
         try:
             enabled = self.autocast_dtype is not None
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
                 parts = [self.generator(part).float().clamp(-1, 1) for part in latents.split(CHUNK)]
         finally:
-            self.generator.train(was_training)
+            if training:
+                self.generator.train()
         return torch.cat(parts)
 
     def write_grid(self, path: Path, count: int, seed: int) -> Path:

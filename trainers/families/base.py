@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION
 from trainers.schedule import GrowthSchedule, Stage
@@ -91,6 +91,19 @@ class FamilyConfig(Strict):
     family: str
     resolution: Resolution  # pixels per side of the generated images (where growing ends)
     latent_dim: int = Field(ge=1)
+
+
+class FixedResolutionConfig(FamilyConfig):
+    """A family whose nets are built for one resolution: 32, 64 or 128 (the papers' range)."""
+
+    resolution: Resolution = 64  # the papers' main results are at 64²
+
+    @field_validator("resolution")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value not in (32, 64, 128):
+            raise ValueError(f"must be 32, 64 or 128 for the {cls.__name__} nets, got {value}")
+        return value
 
 
 MetricFunction = Callable[["Evaluation"], dict[str, float]]

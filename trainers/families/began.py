@@ -6,18 +6,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from trainers.families.base import (
     AdamConfig,
     Beta,
     Family,
-    FamilyConfig,
+    FixedResolutionConfig,
     LatentPrior,
-    Resolution,
     Strict,
 )
-from trainers.families.wgan_gp import check_fixed_resolution
 
 if TYPE_CHECKING:
     from trainers.metrics.registry import Evaluation
@@ -37,9 +35,8 @@ class BeganOptimizers(Strict):
     D: BeganAdam = BeganAdam()
 
 
-class BeganConfig(FamilyConfig):
+class BeganConfig(FixedResolutionConfig):
     family: Literal["began"] = "began"
-    resolution: Resolution = 64  # the paper's main results are at 64²
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
     channels: int = Field(default=64, ge=1)  # n = 64 filters in the paper's nets
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
@@ -48,11 +45,6 @@ class BeganConfig(FamilyConfig):
     lr_halve_every_kimg: float = Field(default=1600.0, gt=0)  # reference: every 100k steps of 16
     lr_floor: float = Field(default=2e-5, gt=0)  # the reference code stops decaying here
     optimizers: BeganOptimizers = BeganOptimizers()
-
-    @field_validator("resolution")
-    @classmethod
-    def _supported(cls, value: int) -> int:
-        return check_fixed_resolution(cls, value)
 
 
 class Began(Family):

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from trainers.families.base import AdamConfig, Beta, Family, FamilyConfig, Resolution, Strict
-
-FIXED_RESOLUTIONS = (32, 64, 128)  # the DCGAN nets' range
-
-
-def check_fixed_resolution(cls: type, value: int) -> int:
-    """A pydantic validator body for the fixed-resolution families' `resolution`."""
-    if value not in FIXED_RESOLUTIONS:
-        raise ValueError(f"must be 32, 64 or 128 for the {cls.__name__} nets, got {value}")
-    return value
+from trainers.families.base import AdamConfig, Beta, Family, FixedResolutionConfig, Strict
 
 
 class WganGpAdam(AdamConfig):
@@ -29,11 +20,10 @@ class WganGpOptimizers(Strict):
     D: WganGpAdam = WganGpAdam()
 
 
-class WganGpConfig(FamilyConfig):
+class WganGpConfig(FixedResolutionConfig):
     """Defaults are the official code's 64² DCGAN setting (gan_64x64.py, MODE wgan-gp)."""
 
     family: Literal["wgan_gp"] = "wgan_gp"
-    resolution: Resolution = 64  # the paper's main results are at 64²
     latent_dim: int = Field(default=128, ge=1)  # official code's noise size
     base_channels: int = Field(default=64, ge=1)  # DIM in the official DCGAN nets
     kernel_size: Literal[4, 5] = 5  # official: 5×5 (transposed) convolutions, stride 2
@@ -44,11 +34,6 @@ class WganGpConfig(FamilyConfig):
     n_critic: int = Field(default=5, ge=1)  # critic steps per generator step
     gp_weight: float = Field(default=10.0, ge=0)  # λ: the paper's penalty weight
     optimizers: WganGpOptimizers = WganGpOptimizers()
-
-    @field_validator("resolution")
-    @classmethod
-    def _supported(cls, value: int) -> int:
-        return check_fixed_resolution(cls, value)
 
 
 class WganGp(Family):
