@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import trainers
 from trainers.config import TrainConfig, describe_validation_error, load_train_config
+from trainers.files import is_url
 
 INPUT_KEY_TAG = "ganforge.pipeline.input_key"  # on a training's run: what it was trained from
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
@@ -116,7 +117,7 @@ def input_key(config: TrainConfig) -> str:
     """What a training's result depends on: its resolved config, the dataset version, the code."""
     from trainers.data.format import load_manifest
 
-    data = config.data if "://" in config.data else str(Path(config.data).resolve())
+    data = config.data if is_url(config.data) else str(Path(config.data).resolve())
     parts = {
         "config": config.model_dump(mode="json") | {"data": data},
         "dataset": load_manifest(data).digest(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 import zipfile
@@ -15,6 +16,7 @@ from pipelines.dataset.flow import WORK_DIR_NAME, BuildFailed
 from tests.conftest import build, ganforge, kill_build_when, tree_bytes
 from tests.images import pixels, save
 from trainers.data.format import load_manifest, resolutions_up_to, sample_key, verify_dataset
+from trainers.files import atomic_file, write_atomic
 
 
 def make_messy_folder(root: Path) -> dict[str, str]:
@@ -205,3 +207,39 @@ def test_local_runs_skip_flow_heartbeats_unless_the_user_sets_them(monkeypatch):
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with local_run_settings():
         assert get_current_settings().flows.heartbeat_frequency is not None
+
+
+@pytest.fixture
+def umask(request):
+    """The process's umask set to the test's parameter (build workers inherit it), restored."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("umask", [0o022], indirect=True)
+def test_dataset_and_statistics_files_are_readable_by_others_under_umask_022(
+    prefect_api, tmp_path, umask
+):
+    """Other users and containers on a shared filesystem read what a build writes."""
+    from trainers.metrics.registry import Evaluation, get_metric, statistics_dir
+
+    out = tmp_path / "out"
+    build(out, num_images=8, max_resolution=16, shard_size=8)
+    get_metric("swd1k").prepare(Evaluation(None, out, real_resolution=16, chunk_size=8))
+    statistics = list(statistics_dir(out).rglob("*.npy"))
+    written = [out / "manifest.json", out / "report.json", *out.rglob("*.tar"), *statistics]
+    assert statistics and len(written) == 6
+    modes = {path.relative_to(tmp_path).as_posix(): path.stat().st_mode & 0o777 for path in written}
+    assert modes == dict.fromkeys(modes, 0o644)
+
+
+@pytest.mark.parametrize("umask", [0o027], indirect=True)
+def test_an_atomic_write_takes_the_umask_and_a_failed_one_leaves_the_old_file(tmp_path, umask):
+    path = tmp_path / "file.json"
+    write_atomic(path, b"old")
+    assert path.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(RuntimeError), atomic_file(path) as file:
+        file.write(b"new, half written")
+        raise RuntimeError("killed midway")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from trainers.config import TrainConfig
 from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manifest
+from trainers.files import is_url
 from trainers.lineage import lineage_tags
 from trainers.metrics import UNSCORED
 from trainers.run_storage import RunStorage
@@ -252,7 +253,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
 
     config = request.config
     check_dataset(config)
-    if "://" not in config.data:  # workers run in other directories
+    if not is_url(config.data):  # workers run in other directories
         config = config.model_copy(update={"data": str(Path(config.data).resolve())})
     for resolution in config.resolutions:
         for workers in config.world_sizes:  # an elastic run may go on with any of them

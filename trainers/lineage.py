@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from trainers.data.format import load_manifest
+from trainers.files import is_url
 
 UNKNOWN_COMMIT = "unknown"
 UNTRACKED = "untracked"
@@ -62,7 +63,7 @@ def dvc_md5(folder: Path) -> str:
 
 def dataset_tags(data: str) -> dict[str, str]:
     """The dataset as given, its manifest digest, and the DVC md5 of its folder."""
-    if "://" in data:  # a remote URL (s3://): no local manifest or dvc.lock to read
+    if is_url(data):  # remote (s3://): no local manifest or dvc.lock to read
         return {"ganforge.data.path": data, "ganforge.data.dvc_md5": UNTRACKED}
     folder = Path(data)
     return {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from trainers.losses.base import StepState
 from trainers.metrics import UNSCORED
 from trainers.sampling import Sampler, write_grid
 from trainers.schedule import Stage
+from trainers.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,6 @@ class RunOptions:
     # NHWC activations and conv weights: cuDNN's bf16 tensor-core convs want them (on CUDA by
     # default); on CPU the default layout is faster
     channels_last: bool | None = None  # None: on when device is cuda
-
-
-def _stream_seed(seed: int, loader_epoch: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{loader_epoch}".encode()).digest()
-    return int.from_bytes(digest[:7], "big")
 
 
 def _crossed(before: float, after: float, every: float) -> bool:
@@ -324,7 +319,7 @@ class Trainer:
             world_size=self.world_size,
             num_workers=self.config.loader_workers,
             shuffle_buffer=self.config.shuffle_buffer,
-            seed=_stream_seed(self.config.seed, self.progress.loader_epoch),
+            seed=derived_seed(self.config.seed, self.progress.loader_epoch),
             batches_per_epoch=2**62,  # one endless epoch: a restart is a new loader_epoch
             device=self.device,
         )

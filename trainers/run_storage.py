@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainers.files import is_url
+
 if TYPE_CHECKING:  # trainers.checkpoint imports torch: the launcher starts Ray before that
     from trainers.checkpoint import Progress
 
@@ -23,7 +25,7 @@ class RunStorage:
         import pyarrow.fs
 
         location = str(location)
-        if "://" in location:
+        if is_url(location):
             self.filesystem, self.root = pyarrow.fs.FileSystem.from_uri(location)
             self.uri = location.rstrip("/")
         else:
@@ -32,7 +34,7 @@ class RunStorage:
 
     @property
     def is_local(self) -> bool:
-        return "://" not in self.uri
+        return not is_url(self.uri)
 
     def location(self, *parts: str) -> str:
         """What users and Ray are told: a local path or an s3:// URL."""

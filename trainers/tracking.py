@@ -11,6 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from trainers.files import is_url
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store, in the working dir
 
 
@@ -21,7 +23,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
-    if "://" not in uri:
+    if not is_url(uri):
         return Path(uri).resolve().as_uri()
     return uri
 

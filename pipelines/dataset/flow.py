@@ -54,8 +54,8 @@ from trainers.data.format import (
     canonical_json,
     resolution_dir,
     resolutions_up_to,
-    write_atomic,
 )
+from trainers.files import write_atomic
 
 CHUNK_INPUTS = 32  # inputs per process task: ~0.3-2 s of work, so task overhead stays small
 SCORE_CHUNK_INPUTS = 256  # celeba inputs per score task (a few ms each)

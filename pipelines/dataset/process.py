@@ -25,7 +25,8 @@ from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
 from pipelines.dataset.sources import InputRef, read_input
 from pipelines.dataset.validate import Reason, Rejected, decode, pixel_digest
-from trainers.data.format import ShardEntry, canonical_json, sample_key, shard_name, write_atomic
+from trainers.data.format import ShardEntry, canonical_json, sample_key, shard_name
+from trainers.files import atomic_file, write_atomic
 
 
 @dataclass
@@ -255,10 +256,7 @@ def _write_shard(
 ) -> ShardEntry:
     # stdlib tarfile, not wds.TarWriter: importing webdataset imports torch (1.7 s a worker);
     # members as TarWriter writes them (sorted extensions, <key>.<ext>), read by webdataset.
-    path = out / shard_name(resolution, shard_index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(out / shard_name(resolution, shard_index)) as f:
         hashing = _HashingWriter(f)
         with tarfile.open(fileobj=hashing, mode="w|") as tar:
             for record in samples:
@@ -276,8 +274,6 @@ def _write_shard(
                 for extension, data in members.items():
                     name = f"{sample_key(record.index)}.{extension}"
                     tar.addfile(_tar_member(name, len(data)), io.BytesIO(data))
-        f.flush()
-    tmp.replace(path)
     return ShardEntry(
         path=shard_name(resolution, shard_index),
         resolution=resolution,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from trainers.files import atomic_file
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = (
@@ -274,31 +275,22 @@ def _download(url: str, destination: Path) -> None:
     """Download `url` into `destination` atomically; only a file with WEIGHTS_SHA256 stays.
     Not torch.hub.download_url_to_file: it has no timeout, so a firewall that drops packets
     would hang an evaluation instead of skipping FID."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
-    )
-    temp = Path(temp_name)
-    try:
-        digest = hashlib.sha256()
-        with (
-            os.fdopen(descriptor, "wb") as out,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-        ):
-            size = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=size, unit="B", unit_scale=True, desc=destination.name) as progress:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    progress.update(len(chunk))
-        if digest.hexdigest() != WEIGHTS_SHA256:
+    digest = hashlib.sha256()
+    with (
+        atomic_file(destination) as out,
+        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+    ):
+        size = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=size, unit="B", unit_scale=True, desc=destination.name) as progress:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                progress.update(len(chunk))
+        if digest.hexdigest() != WEIGHTS_SHA256:  # raised inside: the file is not kept
             raise InceptionWeightsUnavailable(
                 f"the file downloaded from {url} has sha256 {digest.hexdigest()}, expected "
                 f"{WEIGHTS_SHA256}; it was deleted. " + _how_to_supply(destination, url)
             )
-        os.replace(temp, destination)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def inception_weights_path(url: str = WEIGHTS_URL) -> Path:

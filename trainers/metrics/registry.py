@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +34,7 @@ from trainers import distributed
 from trainers.data.format import IMAGE_EXTENSION, dataset_at, load_manifest
 from trainers.data.reader import decode_image, to_model_range, ustar_members
 from trainers.data.s3 import S3Url, is_s3_url
+from trainers.files import atomic_file
 from trainers.metrics import parse_metric_name, swd
 from trainers.metrics.inception import InceptionWeightsUnavailable, cache_dir, load_fid_inception
 from trainers.metrics.statistics import (
@@ -43,6 +43,7 @@ from trainers.metrics.statistics import (
     kernel_inception_distance,
 )
 from trainers.sampling import Sampler
+from trainers.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class Evaluation:
         """(chunk index, generated images [n, 3, R, R] in [-1, 1]) of this rank's chunks."""
         for chunk in range(self.rank, -(-count // self.chunk_size), self.world_size):
             size = min(self.chunk_size, count - chunk * self.chunk_size)
-            draws = torch.Generator().manual_seed(_seed(self.seed, chunk))  # CPU: any device
+            # a CPU generator: the same draws whatever the device
+            draws = torch.Generator().manual_seed(derived_seed("latents", self.seed, chunk))
             yield chunk, self.sampler(self.sampler.prior.sample(size, draws, self.device))
 
     def real_chunks(self, limit: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -128,10 +130,6 @@ class Evaluation:
                 (chunk, inception(images)) for chunk, images in self.fake_chunks(count)
             )
         return self._fake_features[count]
-
-
-def _seed(seed: int, chunk: int, salt: str = "latents") -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{seed}:{chunk}".encode()).digest()[:7], "big")
 
 
 def real_chunks(
@@ -234,10 +232,8 @@ def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         return torch.from_numpy(np.load(path))
     array = compute()
     if distributed.rank() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as file:
+        with atomic_file(path) as file:
             np.save(file, array.numpy())
-        os.replace(file.name, path)
         log.info("real statistics written to %s", path)
     return array
 
@@ -311,7 +307,7 @@ class KernelInceptionDistance(_InceptionMetric):
     kind = "kid"
 
     def distance(self, real: torch.Tensor, fake: torch.Tensor, seed: int) -> float:
-        generator = torch.Generator().manual_seed(_seed(seed, 0, "kid"))
+        generator = torch.Generator().manual_seed(derived_seed("kid", seed, 0))
         return kernel_inception_distance(real, fake, generator=generator) * 1e3  # reported ×10³
 
 
@@ -358,7 +354,7 @@ class SlicedWassersteinDistance(Metric):
         fake = self._descriptors(
             evaluation.fake_chunks(count), evaluation.resolution, evaluation.seed, "swd-fake"
         )
-        generator = torch.Generator().manual_seed(_seed(evaluation.seed, 0, "swd"))
+        generator = torch.Generator().manual_seed(derived_seed("swd", evaluation.seed, 0))
         distances = _on_rank0(
             lambda: swd.sliced_wasserstein_distance(real, fake, generator=generator)
         )
@@ -369,7 +365,7 @@ class SlicedWassersteinDistance(Metric):
 
 
 def _generator(seed: int, chunk: int, salt: str) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(seed, chunk, salt))
+    return torch.Generator().manual_seed(derived_seed(salt, seed, chunk))
 
 
 class FamilyMetric(Metric):

@@ -7,11 +7,11 @@ Pure torch, float64; every function runs on the device of its inputs.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from trainers.files import atomic_file
 
 
 class FeatureStatistics:
@@ -76,18 +76,13 @@ class FeatureStatistics:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz file atomically: readers see the old file or the complete new one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as file:
+        with atomic_file(path) as file:
             np.savez(
                 file,
                 count=np.int64(self.count),
                 feature_sum=self.feature_sum.cpu().numpy(),
                 outer_product_sum=self.outer_product_sum.cpu().numpy(),
             )
-        os.replace(file.name, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> FeatureStatistics:
