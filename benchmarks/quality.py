@@ -30,9 +30,10 @@ MEAN_IMAGE_NOISE = 0.05  # σ of the noise on the mean image, in the [-1, 1] pix
 def _real_images(start: int, count: int):
     import torch
 
-    from trainers.metrics.registry import real_chunks
+    from trainers.data.reader import real_chunks
 
-    chunks = real_chunks(DATASET, RESOLUTION, torch.device("cpu"), start + count)
+    cpu = torch.device("cpu")
+    chunks = real_chunks(DATASET, RESOLUTION, cpu, chunk_size=count, limit=start + count)
     return torch.cat([images for _, images in chunks])[start:]
 
 

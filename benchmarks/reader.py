@@ -16,7 +16,7 @@ TARGET_VS_RAW = 0.8
 
 def shard_pngs(root: Path, resolution: int) -> list[bytes]:
     """Every PNG member of the dataset's shards at one resolution, in shard order."""
-    from trainers.data.format import load_manifest
+    from trainers.data.storage import load_manifest
 
     pngs = []
     for shard in load_manifest(root).shards_at(resolution):

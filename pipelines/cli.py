@@ -163,7 +163,8 @@ def data_build(
     resumes where it stopped (an interrupted upload too). S3 credentials and endpoint come
     from boto3's usual chain (AWS_* variables, ~/.aws, an instance role).
     """
-    from trainers.data.s3 import S3Error, S3Url, check_bucket, is_s3_url
+    from pipelines.dataset.upload import check_bucket
+    from trainers.data.storage import S3Error, S3Url, is_s3_url
 
     given = {
         "source": source,
@@ -260,7 +261,7 @@ def data_verify(
 ) -> None:
     """Re-hash every shard (streamed from S3 for s3://) against DIR/manifest.json; exit 1 naming
     each missing, extra or corrupted shard."""
-    from trainers.data.format import DatasetNotFoundError, load_manifest, verify_dataset
+    from trainers.data.storage import DatasetNotFoundError, load_manifest, verify_dataset
 
     try:
         result = verify_dataset(directory)
@@ -299,7 +300,7 @@ def data_stats(
     except (ValueError, ValidationError) as error:
         raise _fail(str(error), USAGE_ERROR) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from trainers.data.format import DatasetNotFoundError
+    from trainers.data.storage import DatasetNotFoundError
     from trainers.metrics.registry import (
         Evaluation,
         InceptionWeightsUnavailable,
@@ -411,7 +412,7 @@ def evaluate(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from trainers.data.format import DatasetNotFoundError
+    from trainers.data.storage import DatasetNotFoundError
     from trainers.metrics.registry import Evaluation
     from trainers.metrics.registry import evaluate as measure
 

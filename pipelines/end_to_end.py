@@ -115,7 +115,7 @@ def code_digest() -> str:
 
 def input_key(config: TrainConfig) -> str:
     """What a training's result depends on: its resolved config, the dataset version, the code."""
-    from trainers.data.format import load_manifest
+    from trainers.data.storage import load_manifest
 
     data = config.data if is_url(config.data) else str(Path(config.data).resolve())
     parts = {

@@ -15,7 +15,8 @@ from PIL import Image
 from pipelines.dataset.flow import WORK_DIR_NAME, BuildFailed
 from tests.conftest import build, ganforge, kill_build_when, tree_bytes
 from tests.images import pixels, save
-from trainers.data.format import load_manifest, resolutions_up_to, sample_key, verify_dataset
+from trainers.data.format import resolutions_up_to, sample_key
+from trainers.data.storage import load_manifest, verify_dataset
 from trainers.files import atomic_file, write_atomic
 
 

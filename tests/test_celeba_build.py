@@ -21,7 +21,8 @@ from pipelines.dataset import celeba
 from pipelines.dataset.config import BuildDatasetConfig
 from tests.conftest import ganforge, kill_build_when, tree_bytes
 from tests.scenes import write_celeba_inputs
-from trainers.data.format import load_manifest, sample_key
+from trainers.data.format import sample_key
+from trainers.data.storage import load_manifest
 
 SCENES = 10
 

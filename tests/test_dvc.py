@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import REPO, tree_bytes
-from trainers.data.format import load_manifest
+from trainers.data.storage import load_manifest
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:

@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import REPO
 from trainers import lineage
-from trainers.data.format import load_manifest
+from trainers.data.storage import load_manifest
 
 DATA_MD5 = "0123456789abcdef0123456789abcdef.dir"
 

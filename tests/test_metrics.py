@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from trainers import distributed
-from trainers.data.format import load_manifest
-from trainers.data.reader import decode_image, ustar_members
+from trainers.data.reader import decode_image, real_chunks, ustar_members
+from trainers.data.storage import load_manifest
 from trainers.families.base import LatentPrior
 from trainers.families.began import Began, BeganConfig
 from trainers.families.wgan_gp import WganGp, WganGpConfig
@@ -27,7 +27,6 @@ from trainers.metrics.registry import (
     evaluate,
     gather_chunks,
     get_metric,
-    real_chunks,
 )
 from trainers.sampling import Sampler
 
@@ -53,10 +52,13 @@ def _manifest_order(data: Path, resolution: int) -> torch.Tensor:
 @pytest.mark.parametrize("limit", [None, 21])
 def test_real_chunks_split_over_ranks_give_every_image_once_in_order(small_dataset, limit):
     expected = _manifest_order(small_dataset, 16)[:limit]
+    cpu = torch.device("cpu")
     parts = [
         part
         for rank in (0, 1, 2)
-        for part in real_chunks(small_dataset, 16, torch.device("cpu"), limit, rank, 3, 7)
+        for part in real_chunks(
+            small_dataset, 16, cpu, chunk_size=7, limit=limit, rank=rank, world_size=3
+        )
     ]
     parts.sort(key=lambda part: part[0])  # chunks of 7 cross the shard edges at 16 and 32
     torch.testing.assert_close(torch.cat([images for _, images in parts]), expected)

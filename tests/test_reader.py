@@ -10,8 +10,8 @@ import tarfile
 import pytest
 import torch
 
-from trainers.data.format import DatasetNotFoundError, load_manifest
 from trainers.data.reader import ShardReader, assign_shards, to_model_range, ustar_members
+from trainers.data.storage import DatasetNotFoundError, load_manifest
 
 
 def fingerprints(reader: ShardReader) -> tuple[int, set[str]]:

@@ -11,11 +11,12 @@ import pytest
 import torch
 import webdataset as wds
 
+from pipelines.dataset import upload
 from tests.conftest import ganforge, tree_bytes
-from trainers.data import s3
-from trainers.data.format import IMAGE_EXTENSION, MANIFEST_NAME, REPORT_NAME, load_manifest
-from trainers.data.reader import ShardReader, decode_image, ustar_members
-from trainers.metrics.registry import real_chunks
+from trainers.data import storage
+from trainers.data.format import IMAGE_EXTENSION, MANIFEST_NAME, REPORT_NAME
+from trainers.data.reader import ShardReader, decode_image, real_chunks, ustar_members
+from trainers.data.storage import S3Dataset, S3Url, ShardMismatchError, client, load_manifest
 
 BUCKET = "ganforge-test"
 # the small_dataset fixture's options: a deterministic build gives the same bytes
@@ -23,23 +24,23 @@ SMALL = ["--num-images", "40", "--max-resolution", "32", "--shard-size", "16", "
 
 
 def objects(prefix: str) -> dict[str, bytes]:
-    root = s3.S3Dataset(s3.S3Url(BUCKET, prefix))
+    root = S3Dataset(S3Url(BUCKET, prefix))
     return {name: root.read(name) for name in root.files([""])}
 
 
-def upload_copy(local, prefix: str) -> s3.S3Url:
-    destination = s3.S3Url(BUCKET, prefix)
-    s3.upload_dataset(local, destination)
+def upload_copy(local, prefix: str) -> S3Url:
+    destination = S3Url(BUCKET, prefix)
+    upload.upload_dataset(local, destination)
     return destination
 
 
-def damage(url: s3.S3Url, offset: int, checksum: str | None = None) -> None:
+def damage(url: S3Url, offset: int, checksum: str | None = None) -> None:
     """Flip one byte of an object in the bucket (S3 keeps the new bytes' SHA256 if asked)."""
-    with s3.open_object(url) as stream:
+    with storage.open_object(url) as stream:
         data = bytearray(stream.read())
     data[offset] ^= 0xFF
     extra = {"ChecksumAlgorithm": checksum} if checksum else {}
-    s3.client().put_object(Bucket=url.bucket, Key=url.key, Body=bytes(data), **extra)
+    client().put_object(Bucket=url.bucket, Key=url.key, Body=bytes(data), **extra)
 
 
 def shard_images(root, shards) -> set[bytes]:
@@ -55,7 +56,7 @@ def shard_images(root, shards) -> set[bytes]:
 
 @pytest.fixture(scope="module")
 def env(s3_env, subprocess_env, tmp_path_factory):
-    s3.client().create_bucket(Bucket=BUCKET)
+    client().create_bucket(Bucket=BUCKET)
     return subprocess_env | s3_env | {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
 
 
@@ -91,7 +92,7 @@ def test_manifest_is_deleted_first_and_written_last(env, small_dataset):
         if model.name in ("PutObject", "CompleteMultipartUpload", "DeleteObject"):
             writes.append((model.name, context.get("test_key").removeprefix("order/")))
 
-    events = s3.client().meta.events
+    events = client().meta.events
     events.register("provide-client-params.s3", named)
     events.register("after-call.s3", acknowledged)
     try:
@@ -112,7 +113,7 @@ def test_verify_s3_names_a_changed_shard_and_an_extra_one(cli_build, env, small_
     root = upload_copy(small_dataset, "changed")
     shard = load_manifest(small_dataset).shards_at(16)[1].path
     damage(root.join(shard), offset=-1)  # the tar's end padding: same size, other sha256
-    s3.client().put_object(Bucket=BUCKET, Key=root.join("r0004/stray.tar").key, Body=b"x")
+    client().put_object(Bucket=BUCKET, Key=root.join("r0004/stray.tar").key, Body=b"x")
     bad = ganforge("data", "verify", str(root), env=env)
     assert bad.returncode == 1
     assert f"corrupted: {shard}" in bad.stderr and "extra: r0004/stray.tar" in bad.stderr
@@ -161,7 +162,7 @@ def test_reader_refuses_a_changed_shard_and_never_yields_its_images(
     bad, *good = load_manifest(small_dataset).shards_at(8)
     damage(root.join(bad.path), offset=-1, checksum=checksum)
     gets = []
-    s3.client().meta.events.register(
+    client().meta.events.register(
         "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"])
     )
     reader = ShardReader(str(root), 8, batch_size=4, num_workers=0, batches_per_epoch=30)
@@ -181,15 +182,15 @@ def test_every_shard_refused_is_an_error_for_training_and_evaluation(env, small_
     for shard in load_manifest(small_dataset).shards_at(4):
         damage(root.join(shard.path), offset=-1)
     reader = ShardReader(str(root), 4, batch_size=4, num_workers=0, batches_per_epoch=3)
-    with pytest.raises(s3.ShardMismatchError, match="every shard this reader was given differs"):
+    with pytest.raises(ShardMismatchError, match="every shard this reader was given differs"):
         list(reader)
-    with pytest.raises(s3.ShardMismatchError, match="sha256 differs from the manifest"):
-        list(real_chunks(str(root), 4, torch.device("cpu")))
+    with pytest.raises(ShardMismatchError, match="sha256 differs from the manifest"):
+        list(real_chunks(str(root), 4, torch.device("cpu"), chunk_size=8))
 
 
 def test_webdataset_opens_s3_shards_through_boto3(cli_build, small_dataset):
     shard = load_manifest(small_dataset).shards_at(16)[0]
-    url = s3.S3Url(BUCKET, "cli").join(shard.path)
+    url = S3Url(BUCKET, "cli").join(shard.path)
     samples = list(wds.WebDataset(str(url), shardshuffle=False))
     assert len(samples) == shard.count
 
@@ -197,7 +198,7 @@ def test_webdataset_opens_s3_shards_through_boto3(cli_build, small_dataset):
 def test_a_read_cut_mid_stream_resumes_where_it_stopped(env, small_dataset, caplog):
     shard = load_manifest(small_dataset).shards_at(32)[0].path
     root = upload_copy(small_dataset, "resume")
-    with s3.ObjectStream(root.join(shard)) as stream, caplog.at_level(logging.WARNING):
+    with storage.ObjectStream(root.join(shard)) as stream, caplog.at_level(logging.WARNING):
         head = stream.read(1000)
         stream._body.close()  # the connection drops: the next read gets a short body
         rest = stream.readall()
@@ -206,13 +207,13 @@ def test_a_read_cut_mid_stream_resumes_where_it_stopped(env, small_dataset, capl
 
 
 def test_multipart_upload_checksum_is_checked_and_a_rerun_sends_nothing(env, tmp_path, monkeypatch):
-    monkeypatch.setattr(s3, "PART_BYTES", 5 << 20)  # S3's smallest part
-    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 5 << 20)
+    monkeypatch.setattr(upload, "PART_BYTES", 5 << 20)  # S3's smallest part
+    monkeypatch.setattr(upload, "MULTIPART_THRESHOLD", 5 << 20)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(11 << 20))
-    url = s3.S3Url(BUCKET, "multipart/big.bin")
-    assert s3._upload_file(big, url, None, lambda sent: None) is True
-    head = s3.client().get_object(Bucket=BUCKET, Key=url.key, ChecksumMode="ENABLED")
+    url = S3Url(BUCKET, "multipart/big.bin")
+    assert upload._upload_file(big, url, None, lambda sent: None) is True
+    head = client().get_object(Bucket=BUCKET, Key=url.key, ChecksumMode="ENABLED")
     head["Body"].close()
     assert head["ChecksumSHA256"].endswith("-3")  # three parts: S3's composite checksum
-    assert s3._upload_file(big, url, None, lambda sent: None) is False
+    assert upload._upload_file(big, url, None, lambda sent: None) is False

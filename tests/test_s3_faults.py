@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipelines.dataset.upload import upload_dataset
 from tests.conftest import tree_bytes
 from tests.flaky_s3 import FAULTS, FlakyS3
-from trainers.data import s3
-from trainers.data.format import verify_dataset
+from trainers.data import storage
 from trainers.data.reader import ShardReader
+from trainers.data.storage import S3Url, verify_dataset
 
 BUCKET = "ganforge-faults"
 
@@ -53,12 +54,12 @@ def flaky(s3_env, monkeypatch):
     proxy = FlakyS3(s3_env["AWS_ENDPOINT_URL_S3"], error_every=5, cut_every=3)
     with proxy as url:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
-        monkeypatch.setattr(s3, "_clients", {})  # s3.client() keeps one per process
+        monkeypatch.setattr(storage, "_clients", {})  # storage.client() keeps one per process
         yield proxy
 
 
 def test_upload_through_failing_requests_stores_the_local_bytes(flaky, moto, small_dataset):
-    summary = s3.upload_dataset(small_dataset, s3.S3Url(BUCKET, "upload"))
+    summary = upload_dataset(small_dataset, S3Url(BUCKET, "upload"))
     local = tree_bytes(small_dataset)  # every shard, the report and the manifest
     assert summary.uploaded == len(local) and summary.unchanged == 0
     assert stored(moto, "upload") == local

@@ -19,7 +19,7 @@ import torch
 
 from tests.conftest import REPO, ganforge
 from trainers.config import load_train_config
-from trainers.data.format import load_manifest
+from trainers.data.storage import load_manifest
 
 PRESETS = sorted((REPO / "configs" / "train").rglob("*.yaml"))
 QUICKSTART = REPO / "configs" / "train"

@@ -21,7 +21,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from trainers.config import TrainConfig
-from trainers.data.format import MANIFEST_NAME, DatasetNotFoundError, load_manifest
+from trainers.data.format import MANIFEST_NAME
+from trainers.data.storage import DatasetNotFoundError, load_manifest
 from trainers.files import is_url
 from trainers.lineage import lineage_tags
 from trainers.metrics import UNSCORED

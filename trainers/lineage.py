@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from trainers.data.format import load_manifest
+from trainers.data.storage import load_manifest
 from trainers.files import is_url
 
 UNKNOWN_COMMIT = "unknown"

@@ -1,5 +1,5 @@
 """A dataset built for s3://BUCKET/PREFIX: built in a local staging folder by the build flow, then
-uploaded (trainers.data.s3.upload_dataset: checksummed, manifest last). The staging folder is
+uploaded (pipelines.dataset.upload: checksummed, manifest last). The staging folder is
 removed after a complete upload and kept after a failure, so a re-run resumes the build from
 its spools and uploads only what S3 does not hold yet."""
 
@@ -15,7 +15,8 @@ from prefect.cache_policies import NONE
 
 from pipelines.dataset.config import BuildDatasetConfig
 from pipelines.dataset.flow import BuildResult, build_dataset
-from trainers.data.s3 import S3Url, UploadSummary, upload_dataset
+from pipelines.dataset.upload import UploadSummary, upload_dataset
+from trainers.data.storage import S3Url
 
 
 def staging_folder(destination: S3Url) -> Path:

@@ -1,8 +1,9 @@
-"""The on-disk dataset format: shard names, sample keys and the manifest schema.
+"""The on-disk dataset format: shard names, sample keys and the manifest schema; names and
+types only, no I/O (trainers.data.storage reads a dataset, pipelines.dataset writes one).
 
 This is the one module both the writer (pipelines.dataset) and the reader
 (trainers.data.reader) import, so the two can never disagree on the layout. DIR is a folder or
-s3://BUCKET/PREFIX (trainers.data.s3):
+s3://BUCKET/PREFIX:
 
     DIR/manifest.json                      written last; its presence means "complete"
     DIR/report.json                        every input, accepted or rejected with a reason
@@ -14,13 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from trainers.data.s3 import S3Dataset
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -98,106 +95,6 @@ class Manifest(BaseModel):
         return hashlib.sha256(canonical_json(self.model_dump())).hexdigest()
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """No complete dataset (no manifest) at a path, or not the needed resolution."""
-
-
 def canonical_json(obj: Any) -> bytes:
     """Stable JSON bytes: sorted keys, fixed separators, trailing newline."""
     return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
-
-
-def sha256_stream(stream: BinaryIO, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    while block := stream.read(chunk_bytes):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-class LocalDataset:
-    """A dataset folder. trainers.data.s3.S3Dataset has the same methods for s3://BUCKET/PREFIX,
-    so the manifest loader, the verifier and the readers serve both."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def __str__(self) -> str:
-        return str(self.root)
-
-    def url(self, name: str) -> str:
-        """What webdataset opens."""
-        return str(self.root / name)
-
-    def read(self, name: str) -> bytes:
-        if not (self.root / name).is_file():
-            raise FileNotFoundError(f"{name} is missing")
-        return (self.root / name).read_bytes()
-
-    def open(self, name: str) -> BinaryIO:
-        return open(self.root / name, "rb")
-
-    def open_shard(self, shard: ShardEntry) -> BinaryIO:
-        """A listed shard, unchecked: hashing costs 7% of the reader's images/s (64², parse +
-        PNG decode), and a local dataset is checked by DVC and `ganforge data verify`."""
-        return self.open(shard.path)
-
-    def files(self, folders: list[str]) -> dict[str, int | None]:
-        """Name (relative to the root) -> size of every entry of these folders (None: not a
-        regular file)."""
-        return {
-            p.relative_to(self.root).as_posix(): p.stat().st_size if p.is_file() else None
-            for folder in folders
-            if (self.root / folder).is_dir()
-            for p in (self.root / folder).iterdir()
-        }
-
-
-def dataset_at(root: str | Path) -> LocalDataset | S3Dataset:
-    """The dataset at a folder or at s3://BUCKET/PREFIX."""
-    from trainers.data import s3  # boto3 only where a dataset is on S3
-
-    if s3.is_s3_url(root):
-        return s3.S3Dataset(s3.S3Url.parse(str(root)))
-    return LocalDataset(Path(root))
-
-
-def load_manifest(root: str | Path) -> Manifest:
-    try:
-        data = dataset_at(root).read(MANIFEST_NAME)
-    except FileNotFoundError as error:
-        raise DatasetNotFoundError(
-            f"no dataset at {root}: {error} (build one with "
-            f"`ganforge data build --source synthetic --out {root}`)"
-        ) from None
-    return Manifest.model_validate_json(data)
-
-
-class VerifyResult(BaseModel):
-    missing: list[str]  # in the manifest, not in the dataset
-    extra: list[str]  # in a resolution folder, not in the manifest
-    corrupted: list[str]  # size or sha256 differs from the manifest
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.extra or self.corrupted)
-
-
-def verify_dataset(root: str | Path) -> VerifyResult:
-    """Re-hash every shard (streamed, for s3://) against the manifest."""
-    dataset = dataset_at(root)
-    manifest = load_manifest(root)
-    listed = {s.path: s for s in manifest.shards}
-    present = dataset.files([resolution_dir(r) for r in manifest.resolutions])
-    missing, corrupted = [], []
-    for path, entry in sorted(listed.items()):
-        if present.get(path) is None:
-            missing.append(path)
-        elif present[path] != entry.bytes:
-            corrupted.append(path)
-        else:
-            with dataset.open(path) as stream:
-                if sha256_stream(stream) != entry.sha256:
-                    corrupted.append(path)
-    return VerifyResult(
-        missing=missing, extra=sorted(present.keys() - listed.keys()), corrupted=corrupted
-    )

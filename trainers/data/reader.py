@@ -1,4 +1,5 @@
-"""Stream one resolution of a dataset as float NCHW batches in [-1, 1] for DDP training.
+"""Read a dataset's images: ShardReader streams one resolution as float NCHW batches in
+[-1, 1] for DDP training; real_chunks reads them once, in manifest order, for evaluation.
 
 Shards are split by rank, then by loader worker (disjoint while there are enough of them),
 and resampled with replacement inside each split, so the stream never runs dry: every rank
@@ -7,9 +8,9 @@ and no rank waits at an epoch end for another (the hang of uneven DDP epochs).
 
 A dataset is a folder or s3://BUCKET/PREFIX: S3 shards stream straight from boto3, no temp
 files, no shell commands. An S3 shard is checked against the manifest before any of it is read,
-since other writers can replace an object (s3.open_shard); one that differs is refused, counted
-as a skip and not picked again, and never trained on. Local shards are not checked
-(format.LocalDataset.open_shard says why).
+since other writers can replace an object (storage.open_shard); one that differs is refused,
+counted as a skip and not picked again, and never trained on. Local shards are not checked
+(storage.LocalDataset.open_shard says why).
 """
 
 from __future__ import annotations
@@ -28,18 +29,14 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from trainers.data import s3
-from trainers.data.format import (
-    IMAGE_EXTENSION,
-    DatasetNotFoundError,
-    dataset_at,
-    load_manifest,
-)
+from trainers.data import storage
+from trainers.data.format import IMAGE_EXTENSION
+from trainers.data.storage import DatasetNotFoundError, dataset_at, load_manifest
 
 log = logging.getLogger(__name__)
 # For webdataset used directly on our S3 shards (wds.WebDataset("s3://...")); ShardReader opens
-# them through s3.open_shard, which checks them first.
-wds.gopen_schemes["s3"] = s3.gopen_s3
+# them through storage.open_shard, which checks them first.
+wds.gopen_schemes["s3"] = storage.gopen_s3
 
 
 def assign_shards(urls: list[str], rank: int, world_size: int, worker: int, workers: int):
@@ -98,7 +95,7 @@ def tar_samples(
                     for name, data in ustar_members(stream):
                         yield {"fname": name, "data": data, "__url__": url}
             except Exception as error:  # noqa: BLE001  (the handler decides: skip or raise)
-                if not isinstance(error, s3.ShardMismatchError):  # already names the shard
+                if not isinstance(error, storage.ShardMismatchError):  # already names the shard
                     error.args = (f"{url}: {error}",)
                 if not handler(error):
                     raise
@@ -199,7 +196,7 @@ class ShardReader:
         while True:
             usable = [url for url in urls if url not in self._refused]
             if not usable:
-                raise s3.ShardMismatchError(
+                raise storage.ShardMismatchError(
                     ", ".join(urls), "every shard this reader was given differs from the manifest"
                 )
             yield rng.choice(usable)
@@ -214,7 +211,7 @@ class ShardReader:
     def _skip(self, error: Exception) -> bool:
         """webdataset handler: count, warn and go on (never raise, never hang). A refused shard
         is not picked again by this process."""
-        if isinstance(error, s3.ShardMismatchError):
+        if isinstance(error, storage.ShardMismatchError):
             self._refused.add(error.url)
         with self._skipped.get_lock():
             self._skipped.value += 1
@@ -253,3 +250,38 @@ class ShardReader:
         self.epoch += 1  # next epoch resamples differently
         for batch in loader:
             yield to_model_range(batch.to(self.device, non_blocking=True))
+
+
+def real_chunks(
+    data: str | Path,
+    resolution: int,
+    device: torch.device,
+    *,
+    chunk_size: int,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(chunk index, images [n, 3, R, R] in [-1, 1] on `device`) of the dataset's first `limit`
+    images (all by default) in manifest order, chunk k holding images k·chunk_size ...; rank r
+    decodes chunks r, r + W, ... only. Evaluation's reader: every image once, no shuffling."""
+    dataset = dataset_at(data)
+    shards = load_manifest(data).shards_at(resolution)
+    total = sum(s.count for s in shards)
+    limit = total if limit is None else min(limit, total)
+    first = 0  # global index of the shard's first image
+    for shard in shards:
+        wanted = range(max(first, 0), min(first + shard.count, limit))
+        chunks = {i // chunk_size for i in wanted if (i // chunk_size) % world_size == rank}
+        if chunks:
+            with dataset.open_shard(shard) as stream:
+                encoded = [p for n, p in ustar_members(stream) if n.endswith(IMAGE_EXTENSION)]
+            for chunk in sorted(chunks):  # a chunk across two shards comes in two parts
+                start = max(chunk * chunk_size, wanted.start) - first
+                stop = min((chunk + 1) * chunk_size, wanted.stop) - first
+                if start < stop:  # only this rank's images are decoded
+                    images = torch.stack([decode_image(p) for p in encoded[start:stop]])
+                    yield chunk, to_model_range(images).to(device)
+        first += shard.count
+        if first >= limit:
+            break

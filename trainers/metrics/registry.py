@@ -31,9 +31,8 @@ import torch.distributed as dist
 from torch import nn
 
 from trainers import distributed
-from trainers.data.format import IMAGE_EXTENSION, dataset_at, load_manifest
-from trainers.data.reader import decode_image, to_model_range, ustar_members
-from trainers.data.s3 import S3Url, is_s3_url
+from trainers.data.reader import real_chunks
+from trainers.data.storage import S3Url, is_s3_url, load_manifest
 from trainers.files import atomic_file
 from trainers.metrics import parse_metric_name, swd
 from trainers.metrics.inception import InceptionWeightsUnavailable, cache_dir, load_fid_inception
@@ -116,10 +115,10 @@ class Evaluation:
             self.data,
             self.resolution,
             self.device,
-            limit,
-            self.rank,
-            self.world_size,
-            self.chunk_size,
+            chunk_size=self.chunk_size,
+            limit=limit,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     def fake_inception_features(self, count: int) -> torch.Tensor:
@@ -130,39 +129,6 @@ class Evaluation:
                 (chunk, inception(images)) for chunk, images in self.fake_chunks(count)
             )
         return self._fake_features[count]
-
-
-def real_chunks(
-    data: str | Path,
-    resolution: int,
-    device: torch.device,
-    limit: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    chunk_size: int = CHUNK,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Chunks of the dataset's images in manifest order (chunk k: images k·chunk_size ...);
-    rank r decodes chunks r, r + W, ... Evaluation's reader: every image once, no shuffling."""
-    dataset = dataset_at(data)
-    shards = load_manifest(data).shards_at(resolution)
-    total = sum(s.count for s in shards)
-    limit = total if limit is None else min(limit, total)
-    first = 0  # global index of the shard's first image
-    for shard in shards:
-        wanted = range(max(first, 0), min(first + shard.count, limit))
-        chunks = {i // chunk_size for i in wanted if (i // chunk_size) % world_size == rank}
-        if chunks:
-            with dataset.open_shard(shard) as stream:
-                encoded = [p for n, p in ustar_members(stream) if n.endswith(IMAGE_EXTENSION)]
-            for chunk in sorted(chunks):  # a chunk across two shards comes in two parts
-                start = max(chunk * chunk_size, wanted.start) - first
-                stop = min((chunk + 1) * chunk_size, wanted.stop) - first
-                if start < stop:  # only this rank's images are decoded
-                    images = torch.stack([decode_image(p) for p in encoded[start:stop]])
-                    yield chunk, to_model_range(images).to(device)
-        first += shard.count
-        if first >= limit:
-            break
 
 
 class EvaluationTimeout(RuntimeError):

@@ -1,15 +1,17 @@
-"""Datasets on S3, through boto3: the one parser of s3:// URLs, one client per process, streamed
-reads that resume after a mid-stream failure, and the checked upload of a built dataset.
+"""Where a dataset's bytes live and how they are read: a folder (LocalDataset) or
+s3://BUCKET/PREFIX (S3Dataset), with the same methods, so dataset_at, load_manifest,
+verify_dataset and the readers serve both. What lies under the root is trainers.data.format's.
 
-Credentials, region and endpoint come only from boto3's standard chain (AWS_* variables such as
-AWS_ENDPOINT_URL_S3, ~/.aws, an instance role); nothing here logs, prints or stores them.
-Every request retries transient errors ("standard" mode: backoff with jitter, MAX_ATTEMPTS).
-
-    s3://BUCKET/PREFIX/manifest.json        as a local dataset folder (see trainers.data.format)
+    s3://BUCKET/PREFIX/manifest.json        as in a dataset folder
     s3://BUCKET/PREFIX/r0004/shard-000000.tar ...
 
-boto3 is imported on first use: the build's pool workers import trainers.data.format, and a
-local dataset never needs it.
+S3 goes through boto3: the one parser of s3:// URLs, one client per process, streamed reads
+that resume after a mid-stream failure, shards checked against the manifest before a byte of
+them is read. Credentials, region and endpoint come only from boto3's standard chain (AWS_*
+variables such as AWS_ENDPOINT_URL_S3, ~/.aws, an instance role); nothing here logs, prints or
+stores them. Every request retries transient errors ("standard" mode: backoff with jitter,
+MAX_ATTEMPTS). boto3 is imported on first use: a local dataset never needs it.
+(The upload of a built dataset is the writer's: pipelines.dataset.upload.)
 """
 
 from __future__ import annotations
@@ -22,38 +24,76 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from trainers.data.format import (
-    MANIFEST_NAME,
-    MAX_RESOLUTION,
-    REPORT_NAME,
-    ShardEntry,
-    load_manifest,
-    resolution_dir,
-    resolutions_up_to,
-    sha256_stream,
-)
+from pydantic import BaseModel
+
+from trainers.data.format import MANIFEST_NAME, Manifest, ShardEntry, resolution_dir
 
 log = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No complete dataset (no manifest) at a path, or not the needed resolution."""
+
+
+def sha256_stream(stream: BinaryIO, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of what is left of `stream`, as the manifest lists a shard's."""
+    digest = hashlib.sha256()
+    while block := stream.read(chunk_bytes):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalDataset:
+    """A dataset folder; S3Dataset has the same methods for s3://BUCKET/PREFIX."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def url(self, name: str) -> str:
+        """What webdataset opens."""
+        return str(self.root / name)
+
+    def read(self, name: str) -> bytes:
+        if not (self.root / name).is_file():
+            raise FileNotFoundError(f"{name} is missing")
+        return (self.root / name).read_bytes()
+
+    def open(self, name: str) -> BinaryIO:
+        return open(self.root / name, "rb")
+
+    def open_shard(self, shard: ShardEntry) -> BinaryIO:
+        """A listed shard, unchecked: hashing costs 7% of the reader's images/s (64², parse +
+        PNG decode), and a local dataset is checked by DVC and `ganforge data verify`."""
+        return self.open(shard.path)
+
+    def files(self, folders: list[str]) -> dict[str, int | None]:
+        """Name (relative to the root) -> size of every entry of these folders (None: not a
+        regular file)."""
+        return {
+            p.relative_to(self.root).as_posix(): p.stat().st_size if p.is_file() else None
+            for folder in folders
+            if (self.root / folder).is_dir()
+            for p in (self.root / folder).iterdir()
+        }
+
+
+# --- S3 ------------------------------------------------------------------------------------------
 
 S3_SCHEME = "s3://"
 MAX_ATTEMPTS = 8  # per request, botocore's standard retry mode (backoff with jitter, max 20 s)
 READ_ATTEMPTS = 5  # per read of a streamed object that fails mid-way (then resumed by Range)
 READ_BUFFER = 1 << 20  # bytes per read from the socket; the tar parser reads 512-byte headers
-# Files up to S3's single-PUT limit go up in one request: S3 then keeps the SHA256 of the whole
-# object, which a reader compares with the manifest before reading a byte (open_shard). Larger
-# files go up in parts of PART_BYTES, several at once; the checksum S3 keeps of those is the
-# SHA256 of the parts' SHA256s (s3_checksums computes the same), which no reader can compare.
-MULTIPART_THRESHOLD = 5 << 30
-PART_BYTES = 64 << 20
-PART_CONCURRENCY = 4  # parts of one file in flight
-FILE_CONCURRENCY = 8  # files in flight (shards are usually smaller than a part)
+# connections one client keeps: an upload has 8 files of up to 4 parts in flight
+MAX_POOL_CONNECTIONS = 32
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -112,14 +152,14 @@ def client():
                     retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
                     connect_timeout=10,
                     read_timeout=60,
-                    max_pool_connections=FILE_CONCURRENCY * PART_CONCURRENCY,
+                    max_pool_connections=MAX_POOL_CONNECTIONS,
                 )
                 _clients[pid] = boto3.session.Session().client("s3", config=config)
     return _clients[pid]
 
 
 @contextmanager
-def _request(action: str, url: S3Url) -> Iterator[None]:
+def s3_request(action: str, url: S3Url) -> Iterator[None]:
     """botocore's errors as FileNotFoundError (no such key or bucket) or S3Error."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -141,16 +181,6 @@ def _request(action: str, url: S3Url) -> Iterator[None]:
         raise S3Error(f"{action} {url}: {error}") from None
 
 
-def check_bucket(url: S3Url) -> None:
-    """Raises S3Error unless the bucket exists and these credentials reach it (before a build
-    spends minutes on a dataset it could not upload)."""
-    try:
-        with _request("reach bucket of", url):
-            client().head_bucket(Bucket=url.bucket)
-    except FileNotFoundError as error:
-        raise S3Error(f"bucket '{url.bucket}' of {url} does not exist") from error
-
-
 class ObjectStream(io.RawIOBase):
     """One GET's body as a raw stream. A read that fails mid-way (connection reset, timeout,
     short body) is resumed where it stopped, by a Range GET pinned to the object's ETag (so a
@@ -170,7 +200,7 @@ class ObjectStream(io.RawIOBase):
             arguments["IfMatch"] = self._etag
         if self._position:
             arguments["Range"] = f"bytes={self._position}-"
-        with _request("read", self.url):
+        with s3_request("read", self.url):
             response = client().get_object(**arguments)
         self._etag = response["ETag"]
         self._body = response["Body"]
@@ -234,12 +264,12 @@ def open_shard(url: S3Url, size: int, sha256: str) -> BinaryIO:
     otherwise, before a sample is read.
 
     Other writers can replace an object at any time, so: one HEAD gives the object's size,
-    ETag and the SHA256 S3 computed when it was written (a single-PUT upload, as upload_dataset
-    makes, has the whole object's), compared with the manifest's. An object S3 keeps no such
-    checksum of (a multipart upload; a copy made by a tool that sends none) is hashed by a first
-    read instead. Then the stream is pinned to that ETag: a replacement in between is an error,
-    never other bytes."""
-    with _request("check", url):
+    ETag and the SHA256 S3 computed when it was written (a single-PUT upload, as
+    pipelines.dataset.upload makes, has the whole object's), compared with the manifest's. An
+    object S3 keeps no such checksum of (a multipart upload; a copy made by a tool that sends
+    none) is hashed by a first read instead. Then the stream is pinned to that ETag: a
+    replacement in between is an error, never other bytes."""
+    with s3_request("check", url):
         head = client().head_object(Bucket=url.bucket, Key=url.key, ChecksumMode="ENABLED")
     if (stored_size := head["ContentLength"]) != size:
         raise ShardMismatchError(str(url), f"{stored_size} bytes, the manifest lists {size}")
@@ -256,7 +286,7 @@ def open_shard(url: S3Url, size: int, sha256: str) -> BinaryIO:
 
 
 class S3Dataset:
-    """A dataset under s3://BUCKET/PREFIX; the same methods as format.LocalDataset."""
+    """A dataset under s3://BUCKET/PREFIX; the same methods as LocalDataset."""
 
     def __init__(self, root: S3Url):
         self.root = root
@@ -285,144 +315,60 @@ class S3Dataset:
         found = {}
         for folder in folders:
             prefix = f"{root}{folder}/" if folder else root
-            with _request("list", self.root.join(folder) if folder else self.root):
+            with s3_request("list", self.root.join(folder) if folder else self.root):
                 for page in paginator.paginate(Bucket=self.root.bucket, Prefix=prefix):
                     for item in page.get("Contents", []):
                         found[item["Key"][len(root) :]] = item["Size"]
         return found
 
 
-def s3_checksums(path: Path) -> tuple[str, str]:
-    """(sha256 hex of the file, the ChecksumSHA256 S3 keeps of it once uploaded in PART_BYTES
-    parts): one read. A multipart object's is base64(sha256(the parts' digests))."""
-    from s3transfer.utils import ChunksizeAdjuster
-
-    size = path.stat().st_size
-    part_bytes = 0
-    if size >= MULTIPART_THRESHOLD:
-        part_bytes = ChunksizeAdjuster().adjust_chunksize(PART_BYTES, size)
-    whole, parts = hashlib.sha256(), []
-    with open(path, "rb") as f:
-        while True:
-            part, left = hashlib.sha256(), part_bytes or size
-            while left and (block := f.read(min(READ_BUFFER, left))):
-                whole.update(block)
-                part.update(block)
-                left -= len(block)
-            if parts and left == part_bytes:  # the end fell on a part boundary
-                break
-            parts.append(part.digest())
-            if left or not part_bytes:  # the end, inside this part; or a single part
-                break
-    if not part_bytes:
-        return whole.hexdigest(), base64.b64encode(parts[0]).decode()
-    return whole.hexdigest(), base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
+# --- a folder or S3 ----------------------------------------------------------------------------
 
 
-def _transfer_config():
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD,
-        multipart_chunksize=PART_BYTES,
-        max_concurrency=PART_CONCURRENCY,
-        preferred_transfer_client="classic",  # the part size above, whatever is installed
-    )
+def dataset_at(root: str | Path) -> LocalDataset | S3Dataset:
+    """The dataset at a folder or at s3://BUCKET/PREFIX."""
+    if is_s3_url(root):
+        return S3Dataset(S3Url.parse(str(root)))
+    return LocalDataset(Path(root))
 
 
-def _stored_checksum(url: S3Url) -> str | None:
+def load_manifest(root: str | Path) -> Manifest:
     try:
-        with _request("check", url):
-            head = client().head_object(Bucket=url.bucket, Key=url.key, ChecksumMode="ENABLED")
-    except FileNotFoundError:
-        return None
-    # A multipart object's ends in "-<parts>" (HeadObject of some S3 implementations leaves it
-    # out); the digest alone already differs with the part split.
-    return head.get("ChecksumSHA256", "").partition("-")[0] or None
+        data = dataset_at(root).read(MANIFEST_NAME)
+    except FileNotFoundError as error:
+        raise DatasetNotFoundError(
+            f"no dataset at {root}: {error} (build one with "
+            f"`ganforge data build --source synthetic --out {root}`)"
+        ) from None
+    return Manifest.model_validate_json(data)
 
 
-@dataclass
-class UploadSummary:
-    uploaded: int  # files sent
-    unchanged: int  # files S3 already held with the same checksum (a re-run, a resumed upload)
-    bytes: int  # of every file of the dataset
-    removed: int  # objects of resolution folders the new manifest does not list
+class VerifyResult(BaseModel):
+    missing: list[str]  # in the manifest, not in the dataset
+    extra: list[str]  # in a resolution folder, not in the manifest
+    corrupted: list[str]  # size or sha256 differs from the manifest
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.corrupted)
 
 
-def _upload_file(path: Path, url: S3Url, sha256: str | None, progress: Callable) -> bool:
-    """Uploads unless S3 holds the same bytes; True if sent. S3 checks each request's SHA256,
-    and afterwards the object's checksum must equal the local file's (and the local file's
-    sha256 the manifest's, when given): the object is then the manifest's bytes."""
-    whole, expected = s3_checksums(path)
-    if sha256 is not None and whole != sha256:
-        raise S3Error(
-            f"{path}: sha256 {whole} differs from the manifest's {sha256}; the local build is "
-            "damaged, delete it and build again"
-        )
-    if _stored_checksum(url) == expected:
-        progress(path.stat().st_size)
-        return False
-    with _request("upload to", url):
-        client().upload_file(
-            str(path),
-            url.bucket,
-            url.key,
-            ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-            Config=_transfer_config(),
-            Callback=progress,
-        )
-    stored = _stored_checksum(url)
-    if stored != expected:
-        raise S3Error(f"{url}: S3 holds SHA256 {stored} after the upload, {path} has {expected}")
-    return True
-
-
-def _remove_stale(root: S3Url, keep: set[str]) -> int:
-    """Objects of an earlier build (other params) under resolution folders, as the local build
-    removes them."""
-    folders = {resolution_dir(r) for r in resolutions_up_to(MAX_RESOLUTION)}
-    dataset = S3Dataset(root)
-    stale = sorted(n for n in dataset.files(sorted(folders)) if n not in keep)
-    for start in range(0, len(stale), 1000):  # the most one DeleteObjects takes
-        batch = [{"Key": root.join(name).key} for name in stale[start : start + 1000]]
-        with _request("delete stale shards under", root):
-            response = client().delete_objects(Bucket=root.bucket, Delete={"Objects": batch})
-        if response.get("Errors"):
-            first = response["Errors"][0]
-            raise S3Error(f"delete {root.join(first['Key'])}: {first.get('Code')}")
-    return len(stale)
-
-
-def upload_dataset(local_root: Path, destination: S3Url) -> UploadSummary:
-    """A complete local dataset to s3://: its manifest is deleted first and written last, so a
-    reader that opens the dataset finds no manifest until every shard is in place (one that
-    loaded the old manifest before may meet replaced shards, which open_shard refuses).
-    Files S3 already holds with the same checksum are not sent again (an interrupted upload
-    resumes)."""
-    from tqdm import tqdm
-
-    manifest = load_manifest(local_root)
-    shards = {entry.path: entry.sha256 for entry in manifest.shards}
-    total = sum(
-        (local_root / name).stat().st_size for name in [*shards, REPORT_NAME, MANIFEST_NAME]
+def verify_dataset(root: str | Path) -> VerifyResult:
+    """Re-hash every shard (streamed, for s3://) against the manifest."""
+    dataset = dataset_at(root)
+    manifest = load_manifest(root)
+    listed = {s.path: s for s in manifest.shards}
+    present = dataset.files([resolution_dir(r) for r in manifest.resolutions])
+    missing, corrupted = [], []
+    for path, entry in sorted(listed.items()):
+        if present.get(path) is None:
+            missing.append(path)
+        elif present[path] != entry.bytes:
+            corrupted.append(path)
+        else:
+            with dataset.open(path) as stream:
+                if sha256_stream(stream) != entry.sha256:
+                    corrupted.append(path)
+    return VerifyResult(
+        missing=missing, extra=sorted(present.keys() - listed.keys()), corrupted=corrupted
     )
-    manifest_url = destination.join(MANIFEST_NAME)
-    with _request("delete", manifest_url):
-        client().delete_object(Bucket=destination.bucket, Key=manifest_url.key)
-    lock = threading.Lock()
-    with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=None) as bar:
-
-        def progress(sent: int) -> None:  # called from s3transfer's threads
-            with lock:
-                bar.update(sent)
-
-        def upload(name: str) -> bool:
-            return _upload_file(
-                local_root / name, destination.join(name), shards.get(name), progress
-            )
-
-        with ThreadPoolExecutor(FILE_CONCURRENCY) as pool:
-            sent = list(pool.map(upload, sorted(shards)))
-        removed = _remove_stale(destination, set(shards))
-        sent += [upload(REPORT_NAME), upload(MANIFEST_NAME)]  # the manifest last: "complete"
-    return UploadSummary(sum(sent), len(sent) - sum(sent), total, removed)
