@@ -133,8 +133,9 @@ def inception_case(resolution: int, repeats: int) -> tuple[dict, list[Row]]:
     import torch
     import torch.nn.functional as F
 
+    from trainers.metrics.collective import gather_chunks
+    from trainers.metrics.evaluation import CHUNK
     from trainers.metrics.inception import FEATURE_DIM, INPUT_SIZE, FIDInception
-    from trainers.metrics.registry import CHUNK, gather_chunks
 
     print(
         f"  inception features: {resolution}² -> {INPUT_SIZE}², ours and bare {INPUT_SIZE}² "

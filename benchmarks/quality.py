@@ -61,7 +61,8 @@ def measure(sampler, real_std: float) -> dict:
     """swd1k and the per-pixel standard deviation fraction of COUNT samples."""
     import torch
 
-    from trainers.metrics.registry import Evaluation, evaluate
+    from trainers.metrics.driver import evaluate
+    from trainers.metrics.evaluation import Evaluation
 
     evaluation = Evaluation(sampler, DATASET, seed=0)
     swd = evaluate(["swd1k"], evaluation)["swd1k"]

@@ -301,12 +301,10 @@ def data_stats(
         raise _fail(str(error), USAGE_ERROR) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from trainers.data.storage import DatasetNotFoundError
-    from trainers.metrics.registry import (
-        Evaluation,
-        InceptionWeightsUnavailable,
-        get_metric,
-        statistics_dir,
-    )
+    from trainers.metrics.cache import statistics_dir
+    from trainers.metrics.evaluation import Evaluation
+    from trainers.metrics.inception import InceptionWeightsUnavailable
+    from trainers.metrics.registry import get_metric
 
     for resolution in config.resolutions:
         evaluation = Evaluation(None, config.data, real_resolution=resolution)
@@ -413,8 +411,8 @@ def evaluate(
     import torch
 
     from trainers.data.storage import DatasetNotFoundError
-    from trainers.metrics.registry import Evaluation
-    from trainers.metrics.registry import evaluate as measure
+    from trainers.metrics.driver import evaluate as measure
+    from trainers.metrics.evaluation import Evaluation
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = _load_source(checkpoint, model, device)

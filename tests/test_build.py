@@ -223,7 +223,9 @@ def test_dataset_and_statistics_files_are_readable_by_others_under_umask_022(
     prefect_api, tmp_path, umask
 ):
     """Other users and containers on a shared filesystem read what a build writes."""
-    from trainers.metrics.registry import Evaluation, get_metric, statistics_dir
+    from trainers.metrics.cache import statistics_dir
+    from trainers.metrics.evaluation import Evaluation
+    from trainers.metrics.registry import get_metric
 
     out = tmp_path / "out"
     build(out, num_images=8, max_resolution=16, shard_size=8)

@@ -20,14 +20,11 @@ from trainers.data.storage import load_manifest
 from trainers.families.base import LatentPrior
 from trainers.families.began import Began, BeganConfig
 from trainers.families.wgan_gp import WganGp, WganGpConfig
-from trainers.metrics import registry
-from trainers.metrics.registry import (
-    Evaluation,
-    EvaluationTimeout,
-    evaluate,
-    gather_chunks,
-    get_metric,
-)
+from trainers.metrics import driver
+from trainers.metrics.collective import EvaluationTimeout, evaluation_group, gather_chunks
+from trainers.metrics.driver import evaluate
+from trainers.metrics.evaluation import Evaluation
+from trainers.metrics.registry import get_metric
 from trainers.sampling import Sampler
 
 
@@ -132,7 +129,7 @@ def _lonely_rank(rank: int, out: Path) -> None:
         "gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2
     )
     try:
-        registry.evaluation_group()  # both ranks begin an evaluation
+        evaluation_group()  # both ranks begin an evaluation
         if rank == 0:
             with pytest.raises(EvaluationTimeout, match="rank 0 waited over 3 s"):
                 gather_chunks([(0, torch.zeros(2))])
@@ -207,10 +204,10 @@ def test_without_inception_weights_fid_is_skipped_with_one_warning(
     monkeypatch.setenv("GANFORGE_OFFLINE", "1")
     monkeypatch.setenv("GANFORGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("GANFORGE_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr(registry, "_warned", set())
+    monkeypatch.setattr(driver, "_warned", set())
     data = tmp_path / "data"
     data.symlink_to(small_dataset)
-    with caplog.at_level(logging.WARNING, logger="trainers.metrics.registry"):
+    with caplog.at_level(logging.WARNING, logger="trainers.metrics.driver"):
         for _ in range(2):
             results = evaluate(["fid1k", "kid1k", "swd1k"], _evaluation(data))
     assert set(results) == {"swd1k", "swd1k_32", "swd1k_16"}
@@ -224,6 +221,6 @@ def test_m_global_needs_began(small_dataset, tmp_path, caplog):
     data.symlink_to(small_dataset)
     evaluation = _evaluation(data)
     evaluation.family_metrics = {}  # another family's generator
-    with caplog.at_level(logging.WARNING, logger="trainers.metrics.registry"):
+    with caplog.at_level(logging.WARNING, logger="trainers.metrics.driver"):
         assert evaluate(["m_global"], evaluation) == {}
     assert "m_global skipped" in caplog.text

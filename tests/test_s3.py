@@ -135,7 +135,9 @@ def test_reader_over_s3_yields_the_local_batches(cli_build, small_dataset):
 def test_swd_over_s3_equals_the_local_measurement(cli_build, small_dataset, env, monkeypatch):
     """Metrics read the real side straight from S3, and cache it in this machine's cache."""
     from trainers.families.base import LatentPrior
-    from trainers.metrics.registry import Evaluation, evaluate, statistics_dir
+    from trainers.metrics.cache import statistics_dir
+    from trainers.metrics.driver import evaluate
+    from trainers.metrics.evaluation import Evaluation
     from trainers.networks.progan import ProGANGenerator
     from trainers.sampling import Sampler
 

@@ -457,7 +457,8 @@ class Trainer:
         part; rank 0 logs them. Returns the score, the first metric measured (UNSCORED if
         none was): a new lowest marks this kimg as the best, and Ray keeps the best-scored
         checkpoint."""
-        from trainers.metrics.registry import Evaluation, evaluate
+        from trainers.metrics.driver import evaluate
+        from trainers.metrics.evaluation import Evaluation
 
         started = time.perf_counter()
         evaluation = Evaluation(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from trainers.losses.base import GanLoss, Phase
-    from trainers.metrics.registry import Evaluation
+    from trainers.metrics.evaluation import Evaluation
 
 Resolution = Annotated[int, Field(ge=MIN_RESOLUTION, le=MAX_RESOLUTION)]
 Beta = Annotated[float, Field(ge=0, lt=1)]

@@ -18,7 +18,7 @@ from trainers.families.base import (
 )
 
 if TYPE_CHECKING:
-    from trainers.metrics.registry import Evaluation
+    from trainers.metrics.evaluation import Evaluation
 
 CONVERGENCE = "m_global"  # the metric's registered name
 
@@ -100,7 +100,8 @@ class Began(Family):
         error of the autoencoder discriminator, over every real image and as many generated."""
         import torch
 
-        from trainers.metrics.registry import MetricUnavailable, gather_chunks
+        from trainers.metrics.collective import gather_chunks
+        from trainers.metrics.kinds import MetricUnavailable
 
         discriminator = evaluation.discriminator
         if discriminator is None:

@@ -1,5 +1,14 @@
-"""GAN metrics registered by name (trainers.metrics.registry); the names are checked here,
-without importing torch, so configs validate before anything heavy loads."""
+"""GAN metrics registered by name. The names are checked here, without importing torch, so
+configs validate before anything heavy loads; the rest imports torch:
+
+  registry.py    the name table: name -> Metric
+  kinds.py       the metrics (fid, kid, swd, a family's own): how each one measures
+  evaluation.py  what is measured: a generator against a dataset, read in fixed chunks
+  collective.py  the work split over ranks: gathers in chunk order, rank 0 computes
+  cache.py       real-image statistics cached per dataset version
+  driver.py      evaluate(names, evaluation): every name that can be measured here
+  inception.py, statistics.py, swd.py   the networks and the math
+"""
 
 from __future__ import annotations
 
