@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainers.data.format import check_resolution
+from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
 
 
 class SourceKind(StrEnum):
@@ -31,20 +31,52 @@ class BuildDatasetConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: SourceKind = SourceKind.synthetic
-    input: Path | None = None  # folder/zip/tar of images for folder and celeba; unused by synthetic
-    landmarks: Path | None = None  # celeba: list_landmarks_celeba.txt (CelebA's 5-point file)
-    image_list: Path | None = None  # celeba: CelebA-HQ's image_list.txt, to take exactly its images
-    out: Path = Path("data/quickstart")
-    # synthetic: images to render; folder: the first N inputs in name order; celeba: the best N by
-    # quality score (ignored with image_list). None: SOURCE_DEFAULTS of the source.
-    num_images: int | None = Field(default=None, ge=1)
-    # the pyramid is every power of two from 4 up to this (not given: SOURCE_DEFAULTS, else 128)
-    max_resolution: int = 128
-    shard_size: int = Field(default=256, ge=1)  # samples per shard, at every resolution
-    max_reject_fraction: float = Field(default=0.01, ge=0.0, le=1.0)  # build fails above it
-    seed: int = Field(default=0, ge=0)  # fixes the synthetic faces and the sample order
-    png_compress_level: int = Field(default=6, ge=0, le=9)  # zlib level; 6 = Pillow default
+    # Each description is the option's help in `ganforge data build --help` (option_help adds
+    # the default), the one text for both the command line and the params.yaml section.
+    source: SourceKind = Field(
+        SourceKind.synthetic,
+        description="Where images come from: 'synthetic' (embedded procedural faces, no "
+        "download), 'folder' (a folder, .zip or .tar of jpg/png/webp/bmp, e.g. a CelebA-HQ "
+        "download named by index) or 'celeba' (CelebA in-the-wild images + --landmarks: "
+        "CelebA-HQ-style oriented face crops, the best --num-images by quality score).",
+    )
+    input: Path | None = Field(
+        None,
+        description="Folder/zip/tar of images for --source folder or celeba (img_celeba/).",
+    )
+    landmarks: Path | None = Field(
+        None, description="celeba: CelebA's 5-point landmark file (list_landmarks_celeba.txt)."
+    )
+    image_list: Path | None = Field(
+        None,
+        description="celeba: CelebA-HQ's image_list.txt; takes exactly its 30,000 images, keyed "
+        "by their CelebA-HQ index, instead of the best by score (the deltas are not needed).",
+    )
+    out: Path = Field(
+        Path("data/quickstart"),
+        description="Dataset folder to write, or s3://BUCKET/PREFIX: built in a local staging "
+        "folder ($XDG_CACHE_HOME/ganforge/staging), then uploaded with checksums, the manifest "
+        "last.",
+    )
+    num_images: int | None = Field(
+        None,
+        ge=1,
+        description="Synthetic: images to render. Folder: use the first N in name order (all when "
+        "not given). Celeba: keep the best N by quality score (ignored with --image-list).",
+    )
+    max_resolution: int = Field(
+        128,
+        description=f"Largest power of two in the pyramid ({MIN_RESOLUTION}..{MAX_RESOLUTION}), "
+        f"which holds every power of two from {MIN_RESOLUTION} up to it.",
+    )
+    shard_size: int = Field(256, ge=1, description="Samples per shard, at every resolution.")
+    max_reject_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="Fail when more inputs than this are rejected."
+    )
+    seed: int = Field(0, ge=0, description="Fixes the synthetic faces and the sample order.")
+    png_compress_level: int = Field(
+        6, ge=0, le=9, description="zlib level of the PNGs (0-9; the default is Pillow's)."
+    )
 
     @field_validator("max_resolution")
     @classmethod
@@ -79,3 +111,18 @@ class BuildDatasetConfig(BaseModel):
         """What the manifest records: every field but the locations, which differ per machine
         while the content (covered by the source digest) does not."""
         return self.model_dump(mode="json", exclude={"input", "out", "landmarks", "image_list"})
+
+    @classmethod
+    def option_help(cls, name: str) -> str:
+        """A field's description and its default, per source where the sources differ:
+        '... (default: 128; celeba: 1024)'."""
+        field = cls.model_fields[name]
+        defaults = [str(field.default)] if field.default is not None else []
+        defaults += [
+            f"{source}: {values[name]}"
+            for source, values in SOURCE_DEFAULTS.items()
+            if values.get(name, field.default) not in (field.default, None)
+        ]
+        if not defaults:
+            return field.description
+        return f"{field.description} (default: {'; '.join(defaults)})"
