@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from trainers.sampling import Sampler
 
 
+class NotACheckpointError(ValueError):
+    """A folder without a ganforge checkpoint's config."""
+
+
 @dataclass
 class TrainedGenerator:
     sampler: Sampler  # the generator at the stage it is sampled at, with its prior
@@ -27,7 +31,7 @@ class TrainedGenerator:
 
     @classmethod
     def from_checkpoint(cls, directory: Path, device: torch.device) -> TrainedGenerator:
-        """ValueError when `directory` is not a ganforge checkpoint."""
+        """NotACheckpointError when `directory` holds no ganforge checkpoint."""
         from trainers.checkpoint import (
             CONFIG_NAME,
             load_networks,
@@ -38,7 +42,7 @@ class TrainedGenerator:
         from trainers.sampling import Sampler
 
         if not (directory / CONFIG_NAME).is_file():
-            raise ValueError(f"{directory}: not a ganforge checkpoint")
+            raise NotACheckpointError(f"{directory}: not a ganforge checkpoint")
         config, stage = read_config(directory), read_stage(directory)
         networks = load_networks(directory, device)
         return cls(

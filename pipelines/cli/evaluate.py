@@ -32,7 +32,7 @@ ModelOption = Annotated[
 
 def _load(checkpoint: Path | None, model: str | None, device: torch.device) -> TrainedGenerator:
     """Exactly one of --checkpoint and --model; exits 2 naming a bad one."""
-    from pipelines.generators import TrainedGenerator
+    from pipelines.generators import NotACheckpointError, TrainedGenerator
     from pipelines.registry import RegistryError
 
     if (checkpoint is None) == (model is None):
@@ -44,7 +44,7 @@ def _load(checkpoint: Path | None, model: str | None, device: torch.device) -> T
             raise fail(str(error), USAGE_ERROR) from None
     try:
         return TrainedGenerator.from_checkpoint(checkpoint, device)
-    except ValueError as error:
+    except NotACheckpointError as error:
         raise fail(f"--checkpoint {error}", USAGE_ERROR) from None
 
 

@@ -36,8 +36,8 @@ from trainers.data.storage import (
     s3_request,
 )
 
-MULTIPART_THRESHOLD = 5 << 30
-PART_BYTES = 64 << 20
+MULTIPART_THRESHOLD = 5 << 30  # S3's single-PUT limit: smaller files go up in one request
+PART_BYTES = 64 << 20  # per part of a larger file
 PART_CONCURRENCY = 4  # parts of one file in flight
 # files in flight (shards are usually smaller than a part); files × parts stay within the S3
 # client's connection pool (trainers.data.storage.MAX_POOL_CONNECTIONS)
