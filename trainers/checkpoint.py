@@ -1,4 +1,5 @@
-"""Checkpoints that resume exactly: state dicts, constructor arguments and the resolved config.
+"""Checkpoints that resume exactly: state dicts and the resolved config, whose model section
+builds the networks (the family's config is their constructors' one record of arguments).
 
 Layout of one checkpoint directory (rank 0 writes all but the per-rank RNG files):
   state.pt           G, D, G_ema ({} where the family keeps none), optimizers, the loss's

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class TrainingState:
-    """One rank's training state, built from the config: equal on every rank but for the
-    random streams each rank checkpoints of its own."""
+    """One rank's copy of the training state, built from the config: the same on every rank,
+    each of which also checkpoints its own random streams."""
 
     def __init__(
         self,
