@@ -1,9 +1,10 @@
 """The whole mission as one Prefect flow (`ganforge pipeline run`, `make run`):
 
   dvc repro (dataset + real statistics) → per training config: train on Ray Train (the job
-  measures the config's metrics over all its workers) → evaluate (collect the measurements at
-  the best checkpoint) → register in MLflow (alias candidate) → promote (champion, through the
-  gate) → a sample grid from the registered model.
+  measures the config's metrics over all its workers; each checkpoint records what was measured
+  at it) → log the measurements at the best checkpoint on the pipeline's run, for comparison →
+  register in MLflow (alias candidate) → promote (champion, through the gate) → a sample grid
+  from the registered model.
 
 A pipeline run is a parent MLflow run with one child run per training. A re-run skips what did
 not change: `dvc repro` skips its own stages, and a training whose input key (resolved config,
@@ -20,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from prefect import flow, task
@@ -29,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 import trainers
 from trainers.config import TrainConfig, describe_validation_error, load_train_config
 from trainers.files import is_url
+
+if TYPE_CHECKING:
+    from trainers.checkpoint import Progress
 
 INPUT_KEY_TAG = "ganforge.pipeline.input_key"  # on a training's run: what it was trained from
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
@@ -75,7 +80,14 @@ class Trained:
     family: str
     run_id: str
     checkpoint: Path  # the best by the gate metric, else the latest
+    progress: Progress  # the checkpoint's record: kimg, and the metrics measured there
     reused: bool  # True: an earlier pipeline run trained and registered this already
+
+    @classmethod
+    def at(cls, checkpoint: Path, family: str, run_id: str, reused: bool) -> Trained:
+        from trainers.checkpoint import read_progress
+
+        return cls(family, run_id, checkpoint, read_progress(checkpoint), reused)
 
 
 @dataclass(frozen=True)
@@ -163,25 +175,20 @@ def train(
         )
     )
     checkpoint = Path(result.best_checkpoint or result.checkpoint)  # storage is a local folder
-    return Trained(family, result.mlflow_run_id, checkpoint, False)
+    return Trained.at(checkpoint, family, result.mlflow_run_id, reused=False)
 
 
 @task(cache_policy=NONE)
-def evaluate(trained: Trained, tracking_uri: str, parent_run_id: str) -> dict[str, float]:
+def log_measurements(trained: Trained, tracking_uri: str, parent_run_id: str) -> None:
     """The metrics the training job measured (over all its workers) at the checkpoint that
-    will be registered, logged on the parent run as <family>/<metric> for comparison."""
+    will be registered, logged on the parent run as <family>/<metric>: the families side by
+    side."""
     from mlflow import MlflowClient
 
-    from pipelines.registry import metrics_at
-    from trainers.checkpoint import read_config, read_progress
-
-    config = read_config(trained.checkpoint)
     client = MlflowClient(tracking_uri)
-    step = read_progress(trained.checkpoint).images
-    measured = metrics_at(client, trained.run_id, step, list(config.metrics))
-    for name, value in measured.items():
+    step = trained.progress.images
+    for name, value in trained.progress.metrics.items():
         client.log_metric(parent_run_id, f"{trained.family}/{name}", value, step=step)
-    return measured
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -252,14 +259,15 @@ def _previous(config: TrainConfig, key: str, tracking_uri: str):
         version = max(versions, key=lambda v: int(v.version))
         checkpoint = Path(version.tags["ganforge.checkpoint"])
         if checkpoint.is_dir():  # else train again: the checkpoint is gone
-            trained = Trained(config.model.family, run.info.run_id, checkpoint, reused=True)
+            trained = Trained.at(checkpoint, config.model.family, run.info.run_id, reused=True)
             return trained, Release.of(version)
     return None
 
 
 @flow(name="ganforge-pipeline")
 def run_pipeline(config: PipelineConfig, tracking_uri: str) -> list[FamilyOutcome]:
-    """dvc repro → for each training: train → evaluate → register → promote → sample grid."""
+    """dvc repro → for each training: train → log its measurements → register → promote →
+    sample grid."""
     from mlflow import MlflowClient
 
     from pipelines.registry import CHAMPION
@@ -279,7 +287,7 @@ def run_pipeline(config: PipelineConfig, tracking_uri: str) -> list[FamilyOutcom
                 trained, release = train(training, storage, parent, tracking_uri, key), None
             else:
                 trained, release = previous  # the same inputs trained before: reused
-            measured = evaluate(trained, tracking_uri, parent)
+            log_measurements(trained, tracking_uri, parent)
             release = release or register(trained, tracking_uri)
             decision = "promotion off (promote: false)"
             if config.promote:
@@ -297,7 +305,7 @@ def run_pipeline(config: PipelineConfig, tracking_uri: str) -> list[FamilyOutcom
                     trained.run_id,
                     release.uri,
                     f"models:/{release.name}@{CHAMPION}",
-                    measured,
+                    trained.progress.metrics,
                     decision,
                     grid,
                     trained.reused,

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainers.tracking import GATE_METRIC_TAG
+
 MODEL_ARTIFACT = "generator"  # the model's name inside its run
 CANDIDATE, CHAMPION = "candidate", "champion"
-GATE_METRIC_TAG = "ganforge.gate_metric"  # the run's first metric measured at the checkpoint
-GATE_VALUE_TAG = "ganforge.gate_value"
+GATE_VALUE_TAG = "ganforge.gate_value"  # beside GATE_METRIC_TAG: its value at the checkpoint
 METRIC_TAG_PREFIX = "metric."  # metric.<key>: each value measured at the registered checkpoint
 # run tags copied onto every version, so the registry alone says where a model came from
 LINEAGE_TAG_PREFIXES = ("ganforge.git.", "ganforge.data.", "ganforge.cluster.", "ganforge.version.")
@@ -68,21 +69,6 @@ def registered_model_name(family: str, data: str, resolution: int) -> str:
     return f"ganforge-{family}-{dataset}-{resolution}"
 
 
-def metrics_at(client, run_id: str, step: int, names: list[str]) -> dict[str, float]:
-    """What the run measured of `names` (with their per-level keys, e.g. swd1k_32) at `step`."""
-    keys = [
-        key
-        for key in client.get_run(run_id).data.metrics
-        if any(key == name or key.startswith(name + "_") for name in names)
-    ]
-    found = {}
-    for key in keys:
-        for measurement in client.get_metric_history(run_id, key):
-            if measurement.step == step:
-                found[key] = measurement.value
-    return found
-
-
 @contextlib.contextmanager
 def _tracking(uri: str) -> Iterator[None]:
     """MLflow's fluent API pointed at `uri` for a block. mlflow.set_tracking_uri also writes
@@ -108,8 +94,8 @@ def _pip_requirement() -> str:
 
 def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Release:
     """Log the checkpoint's generator (its EMA copy where kept) into its MLflow run, register it
-    under `registered_model_name(...)` with its metrics and lineage as tags, and point the
-    `candidate` alias at the new version."""
+    under `registered_model_name(...)` with the metrics measured at the checkpoint (its progress
+    record) and the run's lineage as tags, and point the `candidate` alias at the new version."""
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
@@ -123,8 +109,7 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     prior = sampler.prior
 
     client = MlflowClient(tracking_uri)
-    metrics = metrics_at(client, run_id, progress.images, list(config.metrics))
-    gate = next((name for name in config.metrics if name in metrics), None)
+    metrics, gate = progress.metrics, progress.gate_metric
     name = registered_model_name(config.model.family, config.data, sampler.resolution)
     tags = {
         key: value
@@ -140,7 +125,7 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     }
     tags |= {f"{METRIC_TAG_PREFIX}{key}": repr(value) for key, value in metrics.items()}
     if gate is not None:
-        tags |= {GATE_METRIC_TAG: gate, GATE_VALUE_TAG: repr(metrics[gate])}
+        tags |= {GATE_METRIC_TAG: gate, GATE_VALUE_TAG: repr(progress.gate_value)}
     metadata = {
         METADATA_KEY: {
             "family": config.model.family,
@@ -167,7 +152,7 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
     with _tracking(tracking_uri):
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, version.version)
-    return Release(name, str(version.version), gate, metrics.get(gate))
+    return Release(name, str(version.version), gate, progress.gate_value)
 
 
 PRIOR_TEXT = {"normal": "~ N(0, 1)", "uniform": "~ U[-1, 1] per component"}

@@ -15,35 +15,32 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.configs import tiny_config
 from trainers.config import TrainConfig
 from trainers.loop import DirectorySession, RunOptions, Trainer
 
 GLOBAL_BATCH = 8
 
-CONFIGS = {
-    "wgan_gp": {
-        "model": {"family": "wgan_gp", "resolution": 32, "latent_dim": 16, "base_channels": 4,
-                  "n_critic": 2},
-        "batch_per_resolution": {32: GLOBAL_BATCH},
-        "total_kimg": 6 * GLOBAL_BATCH / 1000,  # 6 critic steps, 3 generator steps
-    },
+# The tiny configs, with a global batch of 8 and a few steps each
+CHANGES = {
+    "wgan_gp": {"total_kimg": 6 * GLOBAL_BATCH / 1000},  # 6 critic steps, 3 generator steps
     "began": {
         # A strong k_t gain from a non-zero start: k_t matters in every D step, so a balance
         # term computed per rank (not reduced) would show in k_t and in the weights.
-        "model": {"family": "began", "resolution": 32, "latent_dim": 8, "channels": 4,
-                  "lambda_k": 0.5, "k_initial": 0.3},
-        "batch_per_resolution": {32: GLOBAL_BATCH},
+        "model": {"lambda_k": 0.5, "k_initial": 0.3},
         "total_kimg": 5 * GLOBAL_BATCH / 1000,
     },
     "progan": {
         # 4² stable for 2 steps, then 8² fading in for 2 and stable for 2: one transition.
-        "model": {"family": "progan", "resolution": 8, "start_resolution": 4, "latent_dim": 16,
-                  "fmap_base": 64, "fmap_max": 16, "fade_kimg": 2 * GLOBAL_BATCH / 1000,
-                  "stable_kimg": 2 * GLOBAL_BATCH / 1000, "ema_beta": 0.5},
-        "batch_per_resolution": {4: GLOBAL_BATCH, 8: GLOBAL_BATCH},
+        "model": {
+            "resolution": 8,
+            "fade_kimg": 2 * GLOBAL_BATCH / 1000,
+            "stable_kimg": 2 * GLOBAL_BATCH / 1000,
+            "ema_beta": 0.5,
+        },
         "total_kimg": 6 * GLOBAL_BATCH / 1000,
     },
-}  # fmt: skip
+}
 
 
 class InMemoryTrainer(Trainer):
@@ -51,7 +48,7 @@ class InMemoryTrainer(Trainer):
 
     def _batches(self, resolution: int) -> Iterator[torch.Tensor]:
         batch = self.config.batch_per_worker(resolution, self.world_size)
-        self.progress.batch_per_resolution[resolution] = batch * self.world_size
+        self.state.progress.batch_per_resolution[resolution] = batch * self.world_size
         stream = torch.Generator().manual_seed(resolution)
         while True:
             images = torch.rand(
@@ -61,16 +58,17 @@ class InMemoryTrainer(Trainer):
 
 
 def snapshot(trainer: Trainer) -> dict:
-    state = {f"G.{k}": v for k, v in trainer.G.state_dict().items()}
-    state |= {f"D.{k}": v for k, v in trainer.D.state_dict().items()}
-    if trainer.G_ema is not None:
-        state |= {f"G_ema.{k}": v for k, v in trainer.G_ema.state_dict().items()}
-    state |= {f"loss.{k}": v for k, v in trainer.loss.state_dict().items()}
-    progress = trainer.progress
+    state = trainer.state
+    tensors = {f"G.{k}": v for k, v in state.G.state_dict().items()}
+    tensors |= {f"D.{k}": v for k, v in state.D.state_dict().items()}
+    if state.G_ema is not None:
+        tensors |= {f"G_ema.{k}": v for k, v in state.G_ema.state_dict().items()}
+    tensors |= {f"loss.{k}": v for k, v in state.loss.state_dict().items()}
+    progress = state.progress
     return {
-        "tensors": state,
+        "tensors": tensors,
         "progress": (progress.images, progress.step, progress.resolution),
-        "stage": (trainer.stage.resolution, trainer.stage.fade_alpha),
+        "stage": (state.stage.resolution, state.stage.fade_alpha),
         "batch_per_resolution": dict(progress.batch_per_resolution),
     }
 
@@ -78,7 +76,7 @@ def snapshot(trainer: Trainer) -> dict:
 def train(config: dict, rank: int, world_size: int, work: Path) -> dict:
     torch.set_num_threads(1)
     trainer = InMemoryTrainer(
-        TrainConfig.model_validate(config | {"data": str(work), "workers": world_size}),
+        TrainConfig.model_validate(config | {"workers": world_size}),
         RunOptions(run_dir=work / "run" if rank == 0 else None, progress_bar=False),
         DirectorySession(work / f"session-{world_size}-{rank}"),
     )
@@ -96,15 +94,19 @@ def _worker(rank: int, world_size: int, config: dict, work: Path) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", sorted(CONFIGS))
+@pytest.mark.parametrize("family", sorted(CHANGES))
 def test_two_workers_with_half_batches_equal_one_worker_with_the_full_batch(family, tmp_path):
     # mirror_augment on: its flips, drawn over the global batch, must split as the batch does
-    config = CONFIGS[family] | {
-        "seed": 5,
-        "sample_every_kimg": 0.016,
-        "log_every_kimg": 0.008,
-        "mirror_augment": True,
-    }
+    config = tiny_config(
+        tmp_path,
+        family,
+        **CHANGES[family],
+        batch_per_resolution={4: GLOBAL_BATCH, 8: GLOBAL_BATCH, 32: GLOBAL_BATCH},
+        seed=5,
+        sample_every_kimg=0.016,
+        log_every_kimg=0.008,
+        mirror_augment=True,
+    ).model_dump(mode="json")
     single = train(config, 0, 1, tmp_path)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(2, config, tmp_path), nprocs=2, join=True)

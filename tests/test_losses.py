@@ -1,4 +1,4 @@
-"""Losses: the gradient penalty against analytic critics, phases run as the loop runs them,
+"""Losses: the gradient penalty against analytic critics, phases run by the loop's own step,
 BEGAN's k_t controller and its checkpointed state."""
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from tests.configs import tiny_config
 from trainers.families.base import LatentPrior
+from trainers.loop import DirectorySession, RunOptions, Trainer
 from trainers.losses.base import Phase, StepState
 from trainers.losses.began import BEGANLoss, began_phases
 from trainers.losses.wgan_gp import WGANGPLoss, gradient_penalty, wgan_gp_phases
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
 from trainers.networks.dcgan import DCGANCritic, DCGANGenerator
 from trainers.networks.progan import ProGANDiscriminator, ProGANGenerator
+from trainers.schedule import Stage
 
 BATCH = 4
 
@@ -27,15 +30,6 @@ def step_state(resolution: int, fade_alpha: float = 1.0, **kwargs) -> StepState:
 def real_images(resolution: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.rand(BATCH, 3, resolution, resolution, generator=generator) * 2 - 1
-
-
-def run_step(loss, phases: list[Phase], real: torch.Tensor, state: StepState) -> dict:
-    """One step as the loop runs it: every phase, its metrics prefixed, then end_step."""
-    metrics = {}
-    for phase in phases:
-        for name, value in loss.accumulate_gradients(phase, real, state).items():
-            metrics[f"{phase.name}/{name}"] = value
-    return metrics | loss.end_step(metrics)
 
 
 def test_phase_lists():
@@ -206,18 +200,20 @@ def test_began_state_dict_round_trips_k():
     assert torch.equal(resumed.end_step(next_metrics)["k_t"], loss.end_step(next_metrics)["k_t"])
 
 
-def test_began_phases_through_a_loop_step():
-    torch.manual_seed(0)
-    generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
-    discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
-    loss = BEGANLoss(generator, discriminator, LatentPrior("uniform", 8), k_initial=0.5)
+def test_began_phases_through_a_loop_step(tmp_path):
+    """The loop's own step on BEGAN's phases: D's loss weighs the fake reconstruction by k_t,
+    the controller moves k_t after the step, G trains on its phase."""
+    config = tiny_config(tmp_path, "began", model={"k_initial": 0.5})
+    trainer = Trainer(config, RunOptions(progress_bar=False), DirectorySession(tmp_path))
+    discriminator = trainer.state.D
     real = real_images(32)
-    metrics = run_step(loss, began_phases(), real, step_state(32))
-    with torch.no_grad():
+    with torch.no_grad():  # D before the step: the D phase comes first
         expected_real = (real - discriminator(real, 32)).abs().mean()
+    metrics, finite = trainer.step(real, Stage(32, 1.0))
+    assert finite
     assert torch.allclose(metrics["D/reconstruction_real"], expected_real, atol=1e-6)
     expected_d = metrics["D/reconstruction_real"] - 0.5 * metrics["D/reconstruction_fake"]
     assert torch.allclose(metrics["D/loss"], expected_d, atol=1e-6)
     assert {"k_t", "convergence", "G/loss"} <= metrics.keys()
     assert metrics["k_t"].item() != 0.5  # the controller moved
-    assert all(parameter.grad is not None for parameter in generator.parameters())
+    assert all(parameter.grad is not None for parameter in trainer.state.G.parameters())

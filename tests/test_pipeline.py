@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.configs import tiny_overrides
 from tests.conftest import REPO, ganforge
 from tests.services import prefect_server
-from tests.test_train_cli import SHORT, TINY
 from trainers.config import apply_overrides
 
 FAMILIES = ("began", "progan")
@@ -48,7 +48,7 @@ def project(tmp_path_factory, subprocess_env, ray_address):
     presets.mkdir(parents=True)
     for family in FAMILIES:
         raw = yaml.safe_load((REPO / "configs" / "train" / f"{family}.yaml").read_text())
-        tiny = apply_overrides(raw, [*TINY[family], *SHORT, "eval_every_kimg=0.384"])
+        tiny = apply_overrides(raw, [*tiny_overrides(family), "eval_every_kimg=0.384"])
         (presets / f"{family}.yaml").write_text(yaml.safe_dump(tiny))
     pipeline = {
         "trainings": [f"configs/train/{family}.yaml" for family in FAMILIES],

@@ -4,6 +4,8 @@ back ready to sample, `ganforge sample` and `evaluate` from the registry, the pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,20 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.registry import (
-    CANDIDATE,
-    CHAMPION,
-    GATE_METRIC_TAG,
-    GATE_VALUE_TAG,
-    register_generator,
-)
+from pipelines.registry import CANDIDATE, CHAMPION, GATE_VALUE_TAG, register_generator
+from tests.configs import tiny_config
 from tests.conftest import ganforge
 from tests.services import mlflow_server, pg_user, psql
-from tests.test_training import tiny_config
-from trainers.checkpoint import read_progress
+from trainers.checkpoint import read_progress, write_progress
 from trainers.loop import DirectorySession, RunOptions, Trainer
 from trainers.sampling import Sampler
-from trainers.tracking import experiment_id
+from trainers.tracking import GATE_METRIC_TAG, experiment_id
 
 NAME = "ganforge-progan-small-16"
 
@@ -73,10 +69,12 @@ def test_registered_generator_loads_ready_to_call_on_latents(
     assert first_release.name == NAME and first_release.version == "1"
     version = client.get_model_version_by_alias(NAME, CANDIDATE)
     assert str(version.version) == "1" and version.run_id == progress.mlflow_run_id
+    # what the run logged at the checkpoint's step is what the checkpoint recorded
     logged = client.get_metric_history(progress.mlflow_run_id, "swd1k")[-1]
-    assert logged.step == progress.images
-    assert version.tags[GATE_METRIC_TAG] == "swd1k"
+    assert logged.step == progress.images and logged.value == progress.metrics["swd1k"]
+    assert progress.gate_metric == version.tags[GATE_METRIC_TAG] == "swd1k"
     assert float(version.tags[GATE_VALUE_TAG]) == logged.value == first_release.gate_value
+    assert float(version.tags["metric.swd1k_16"]) == progress.metrics["swd1k_16"]
     assert float(version.tags["ganforge.kimg"]) == pytest.approx(progress.kimg)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -135,24 +133,35 @@ def test_unknown_model_or_both_sources_exit_2(trained, tmp_path):
     assert unknown.returncode == 2 and "version 99" in unknown.stderr
 
 
-def _register_with_score(trained, client, swd: float):
-    """A further training of the same config whose run measured `swd` at the checkpoint."""
+def measured_copy(checkpoint: Path, out: Path, swd: float) -> Path:
+    """The checkpoint as another training of its config would leave it, having measured `swd`
+    at it."""
+    shutil.copytree(checkpoint, out)
+    progress = read_progress(out)
+    write_progress(out, dataclasses.replace(progress, metrics={"swd1k": swd}))
+    return out
+
+
+def _register_with_score(trained, client, swd: float, tmp_path: Path):
+    """A further training of the same config whose checkpoint measured `swd`."""
     tracking_uri, checkpoint, progress = trained
     parent = client.get_run(progress.mlflow_run_id)
     run = client.create_run(parent.info.experiment_id, run_name="retrained")
-    client.log_metric(run.info.run_id, "swd1k", swd, step=progress.images)
     client.set_terminated(run.info.run_id)
-    return register_generator(checkpoint, run.info.run_id, tracking_uri)
+    retrained = measured_copy(checkpoint, tmp_path / run.info.run_id, swd)
+    return register_generator(retrained, run.info.run_id, tracking_uri)
 
 
-def test_promotion_gate_moves_champion_only_to_a_better_version(trained, client, first_release):
+def test_promotion_gate_moves_champion_only_to_a_better_version(
+    trained, client, first_release, tmp_path
+):
     env = env_for(trained[0])
     first = ganforge("promote", NAME, "--version", first_release.version, env=env)
     assert first.returncode == 0, first.stderr
     assert "no previous champion" in first.stdout
     assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == first_release.version
 
-    worse = _register_with_score(trained, client, first_release.gate_value + 1.0)
+    worse = _register_with_score(trained, client, first_release.gate_value + 1.0, tmp_path)
     assert str(client.get_model_version_by_alias(NAME, CANDIDATE).version) == worse.version
     refused = ganforge("promote", NAME, "--version", worse.version, env=env)
     assert refused.returncode == 1
@@ -160,7 +169,7 @@ def test_promotion_gate_moves_champion_only_to_a_better_version(trained, client,
     assert f"{first_release.gate_value:.6g}" in refused.stderr
     assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == first_release.version
 
-    better = _register_with_score(trained, client, first_release.gate_value - 1.0)
+    better = _register_with_score(trained, client, first_release.gate_value - 1.0, tmp_path)
     promoted = ganforge("promote", NAME, "--version", better.version, env=env)
     assert promoted.returncode == 0, promoted.stderr
     assert f"{first_release.gate_value:.6g}" in promoted.stdout
@@ -175,14 +184,13 @@ def test_registry_through_a_real_mlflow_server_on_postgresql_and_s3(trained, s3_
     import boto3
     from mlflow import MlflowClient
 
-    _, checkpoint, progress = trained
+    checkpoint = measured_copy(trained[1], tmp_path / "checkpoint", swd=1.5)
     boto3.client("s3").create_bucket(Bucket="team-mlflow")
     database = f"mlflow_test_{uuid.uuid4().hex[:12]}"
     server = mlflow_server(tmp_path / "server", database, artifacts="s3://team-mlflow/artifacts")
     with server as url:
         client = MlflowClient(url)
         run = client.create_run(experiment_id(client, "ganforge", url), run_name="on-server")
-        client.log_metric(run.info.run_id, "swd1k", 1.5, step=progress.images)
         client.log_artifacts(run.info.run_id, str(checkpoint), "checkpoint")
         client.set_terminated(run.info.run_id)
         release = register_generator(checkpoint, run.info.run_id, url)
@@ -234,7 +242,7 @@ def test_model_checkpoint_and_training_generator_agree_on_the_familys_prior(
     trainer.run()
     trainer.close()
     checkpoint = DirectorySession(tmp_path / "run").checkpoints()[-1]
-    release = register_generator(checkpoint, trainer.progress.mlflow_run_id, tracking_uri)
+    release = register_generator(checkpoint, trainer.state.progress.mlflow_run_id, tracking_uri)
 
     prior = config.family.prior
     assert prior.distribution == ("uniform" if family == "began" else "normal")
@@ -245,7 +253,7 @@ def test_model_checkpoint_and_training_generator_agree_on_the_familys_prior(
     if family == "began":
         assert latents.min() >= -1 and latents.max() <= 1 and (latents < 0).any()
 
-    training = trainer.sampler()(latents)
+    training = trainer.state.sampler()(latents)
     from_checkpoint = Sampler.from_checkpoint(checkpoint)(latents)
     from_registry = loaded.sampler(latents)
     with _tracking_uri(tracking_uri):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.configs import tiny_overrides
 from tests.conftest import REPO, ganforge
 from trainers.config import load_train_config
 from trainers.data.storage import load_manifest
@@ -24,29 +25,6 @@ from trainers.data.storage import load_manifest
 PRESETS = sorted((REPO / "configs" / "train").rglob("*.yaml"))
 QUICKSTART = REPO / "configs" / "train"
 GANFORGE = Path(sys.executable).parent / "ganforge"
-
-# Shrinks a quickstart preset to seconds of training on the 40-image test dataset.
-TINY = {
-    "wgan_gp": ["model.base_channels=8", "batch_per_resolution={32: 16}", "model.n_critic=2"],
-    "began": ["model.channels=8", "model.latent_dim=8", "batch_per_resolution={32: 16}"],
-    "progan": [
-        "model.resolution=16",
-        "model.fmap_base=64",
-        "model.fmap_max=16",
-        "model.latent_dim=16",
-        "model.fade_kimg=0.064",
-        "model.stable_kimg=0.064",
-        "batch_per_resolution={4: 16, 8: 16, 16: 16}",
-    ],
-}
-SHORT = [
-    "total_kimg=0.384",
-    "log_every_kimg=0.064",
-    "sample_every_kimg=0.192",
-    "checkpoint_every_kimg=0.192",
-    "sample_grid=2",
-    "loader_workers=0",
-]
 
 
 def sets(*overrides: str) -> list[str]:
@@ -134,7 +112,7 @@ def train(family, run_name, workdir, env, *extra):
     return ganforge(
         "train",
         str(QUICKSTART / f"{family}.yaml"),
-        *sets(*TINY[family], *SHORT),
+        *sets(*tiny_overrides(family)),
         "--run-name",
         run_name,
         "--no-progress",
@@ -215,7 +193,7 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     # one pyramid level); the first ranks the checkpoints and Ray keeps the best
     measured = {"swd1k", "m_global"} if family == "began" else {"swd1k", "swd1k_16"}
     assert measured <= set(run.data.metrics)
-    assert run.data.tags["ganforge.score_metric"] == "swd1k"
+    assert run.data.tags["ganforge.gate_metric"] == "swd1k"
     assert run.data.tags["ganforge.best_kimg"] == "0.384"
     assert "best checkpoint" in result.stdout
     if family == "began":  # `ganforge evaluate` of that checkpoint measures what training did
@@ -312,12 +290,9 @@ def _long_overrides(*extra: str) -> list[str]:
     """A wgan_gp run long enough to be interrupted after its first checkpoints (every 0.32
     kimg), with one restart allowed."""
     return [
-        *TINY["wgan_gp"],
-        "log_every_kimg=0.064",
+        *tiny_overrides("wgan_gp"),
         "sample_every_kimg=100",
         "checkpoint_every_kimg=0.32",
-        "sample_grid=2",
-        "loader_workers=0",
         "max_failures=1",
         *extra,
     ]

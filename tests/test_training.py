@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.configs import PRESETS, tiny_config
 from trainers.checkpoint import read_progress, read_state
-from trainers.config import TrainConfig, load_train_config
+from trainers.config import load_train_config
 from trainers.loop import DirectorySession, NonFiniteLossError, RunOptions, Trainer, mirror
-
-PRESETS = Path(__file__).parent.parent / "configs" / "train"
 
 
 class RecordingTrainer(Trainer):
@@ -25,36 +24,6 @@ class RecordingTrainer(Trainer):
         metrics, finite = super().step(real, stage)
         self.history.append({k: v.item() for k, v in metrics.items()})
         return metrics, finite
-
-
-def tiny_config(dataset: Path, family: str, **changes) -> TrainConfig:
-    models = {
-        "wgan_gp": {"family": "wgan_gp", "resolution": 32, "base_channels": 8, "n_critic": 2},
-        "began": {"family": "began", "resolution": 32, "channels": 8, "latent_dim": 8},
-        "progan": {
-            "family": "progan",
-            "resolution": 16,
-            "latent_dim": 16,
-            "fmap_base": 64,
-            "fmap_max": 16,
-            "fade_kimg": 0.064,
-            "stable_kimg": 0.064,
-        },
-    }
-    raw = {
-        "model": models[family],
-        "data": str(dataset),
-        "total_kimg": 0.384,
-        "batch_per_resolution": {4: 16, 8: 16, 16: 8, 32: 8},
-        "loader_workers": 0,
-        "shuffle_buffer": 20,
-        "log_every_kimg": 0.064,
-        "sample_every_kimg": 10,
-        "checkpoint_every_kimg": 10,
-        "sample_grid": 2,
-    }
-    raw.update(changes)
-    return TrainConfig.model_validate(raw)
 
 
 def run(config, session_dir: Path, stop_kimg=None) -> RecordingTrainer:
@@ -85,12 +54,13 @@ def test_resume_equals_uninterrupted_run(family, small_dataset, tmp_path):
 
 def test_progan_grows_through_every_resolution_with_fade_in(small_dataset, tmp_path):
     trainer = run(tiny_config(small_dataset, "progan"), tmp_path)
-    progress = trainer.progress
+    state = trainer.state
+    progress = state.progress
     assert progress.resolution == 16
-    assert progress.batch_per_resolution == {4: 16, 8: 16, 16: 8}
-    assert trainer.stage.fade_alpha == 1.0
+    assert progress.batch_per_resolution == {4: 16, 8: 16, 16: 16}
+    assert state.stage.fade_alpha == 1.0
     # G_ema trails G: close but not equal after training
-    ema, live = trainer.G_ema.state_dict(), trainer.G.state_dict()
+    ema, live = state.G_ema.state_dict(), state.G.state_dict()
     assert any(not torch.equal(ema[k], live[k]) for k in live)
 
 
@@ -98,9 +68,12 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_checkpoint(small_datase
     config = tiny_config(small_dataset, "wgan_gp", checkpoint_every_kimg=0.064)
     run(config, tmp_path, stop_kimg=0.064)
     huge = {"lr": 1e30}  # Adam steps of 1e30 overflow at once
-    model = config.model.model_dump() | {"optimizers": {"G": huge, "D": huge}}
-    poisoned = TrainConfig.model_validate(
-        config.model_dump() | {"max_nonfinite_steps": 3, "model": model}
+    poisoned = tiny_config(
+        small_dataset,
+        "wgan_gp",
+        model={"optimizers": {"G": huge, "D": huge}},
+        checkpoint_every_kimg=0.064,
+        max_nonfinite_steps=3,
     )
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
         run(poisoned, tmp_path)
@@ -113,7 +86,7 @@ def test_auto_batch_on_cpu_keeps_the_table_with_a_note(small_dataset, tmp_path, 
     with caplog.at_level("INFO", logger="trainers.auto_batch"):
         trainer = run(config, tmp_path)
     assert "auto_batch: no GPU memory to measure" in caplog.text
-    assert trainer.progress.batch_per_resolution == {32: 8}
+    assert trainer.state.progress.batch_per_resolution == {32: 16}
 
 
 @pytest.mark.parametrize("family", ["wgan_gp", "began", "progan"])
@@ -121,9 +94,9 @@ def test_bf16_autocast_path_trains_with_finite_losses(family, small_dataset, tmp
     """The GPU recipe's autocast runs on CPU too: the same code path, checked without a GPU."""
     config = tiny_config(small_dataset, family, total_kimg=0.032, precision="bf16")  # slow on CPU
     trainer = RecordingTrainer(config, RunOptions(progress_bar=False), DirectorySession(tmp_path))
-    assert trainer.autocast_dtype == torch.bfloat16
+    assert trainer.state.autocast_dtype == torch.bfloat16
     trainer.run()
-    assert trainer.progress.nonfinite_steps == 0
+    assert trainer.state.progress.nonfinite_steps == 0
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in trainer.history)
 
 
@@ -169,17 +142,17 @@ def test_channels_last_path_trains_like_the_default_layout(family, small_dataset
         options = RunOptions(channels_last=layout, progress_bar=False)
         runs[layout] = RecordingTrainer(config, options, DirectorySession(tmp_path / str(layout)))
         runs[layout].run()  # ends with a checkpoint
-    weight = next(p for p in runs[True].G.parameters() if p.dim() == 4)
+    weight = next(p for p in runs[True].state.G.parameters() if p.dim() == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)
     for name in ("G", "D"):
-        default, last = (getattr(runs[layout], name).state_dict() for layout in (False, True))
+        default, last = (getattr(runs[layout].state, name).state_dict() for layout in (False, True))
         for key, value in default.items():
             torch.testing.assert_close(last[key], value, rtol=1e-4, atol=1e-5, msg=key)
     resumed = RecordingTrainer(
         config, RunOptions(progress_bar=False), DirectorySession(tmp_path / "True")
     )
-    torch.testing.assert_close(resumed.G.state_dict(), runs[False].G.state_dict(), rtol=1e-4,
-                               atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(resumed.state.G.state_dict(), runs[False].state.G.state_dict(),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
 def test_progan_resets_adam_where_the_official_code_does():
@@ -202,9 +175,9 @@ def test_progan_resets_adam_where_the_official_code_does():
 def test_progan_training_counts_its_adam_resets(small_dataset, tmp_path):
     """4² -> 16²: two fade-ins, so four resets (each fade-in's start and end)."""
     trainer = run(tiny_config(small_dataset, "progan"), tmp_path)
-    assert trainer.progress.optimizer_resets == 4
+    assert trainer.state.progress.optimizer_resets == 4
     fixed = run(tiny_config(small_dataset, "wgan_gp", total_kimg=0.032), tmp_path / "wgan")
-    assert fixed.progress.optimizer_resets == 0
+    assert fixed.state.progress.optimizer_resets == 0
 
 
 def test_mirror_flips_are_seeded_and_flip_about_half(small_dataset, tmp_path):

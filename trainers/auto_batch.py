@@ -11,6 +11,7 @@ import torch
 from trainers import distributed
 from trainers.config import TrainConfig
 from trainers.losses.base import StepState
+from trainers.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _trial_peak_bytes(config: TrainConfig, resolution: int, batch: int, device) 
             resolution,
             0.5 if fading else 1.0,
             torch.Generator(device).manual_seed(0),
-            torch.bfloat16 if config.precision == "bf16" else None,
+            autocast_dtype(config.precision),
         )
         real = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
         optimizers = {

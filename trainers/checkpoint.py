@@ -1,9 +1,12 @@
-"""Checkpoints that resume exactly: state dicts, constructor arguments and the resolved config.
+"""Checkpoints that resume exactly: state dicts and the resolved config, whose model section
+builds the networks (the family's config is their constructors' one record of arguments).
 
 Layout of one checkpoint directory (rank 0 writes all but the per-rank RNG files):
-  state.pt           G, D, G_ema, optimizers, the loss's running state, progress
+  state.pt           G, D, G_ema ({} where the family keeps none), optimizers, the loss's
+                     running state
   config.json        the resolved TrainConfig: its model section builds G and D (the family)
-  progress.json      progress as JSON, readable without torch (the launcher reads it)
+  progress.json      progress as JSON, readable without torch: where training stands and what
+                     was measured there (the launcher, the pipeline and the registry read it)
   rng-rank<r>.pt     rank r's torch/CUDA/numpy/python RNG states and its latent generator
 Nothing pickles code: everything loads with `torch.load(weights_only=True)`.
 """
@@ -19,9 +22,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from trainers.ema import sampled_generator
+from trainers.schedule import GrowthSchedule, Stage
+
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
-    from trainers.schedule import Stage
 
 STATE_NAME = "state.pt"
 CONFIG_NAME = "config.json"
@@ -42,12 +47,37 @@ class Progress:
     batch_per_resolution: dict[int, int] = field(default_factory=dict)  # global, as used
     world_size: int = 1  # ranks that wrote the checkpoint (an elastic resume may differ)
     mlflow_run_id: str | None = None  # a resumed training logs into the same MLflow run
-    best_score: float | None = None  # lowest value of the run's first metric so far
+    best_score: float | None = None  # lowest value of the gate metric so far
     best_kimg: float | None = None  # where it was measured
+    # what the evaluation at the latest step measured ({} when none ran there), per-level keys
+    # included (swd1k_32), and the gate metric: the first configured metric measured, which
+    # ranks the checkpoints and gates promotion to champion
+    metrics: dict[str, float] = field(default_factory=dict)
+    gate_metric: str | None = None
 
     @property
     def kimg(self) -> float:
         return self.images / 1000
+
+    @property
+    def gate_value(self) -> float | None:
+        """The gate metric's value at the latest step; None when nothing was measured there."""
+        return self.metrics[self.gate_metric] if self.gate_metric is not None else None
+
+    def advance(self, images: int, stage: Stage) -> None:
+        """One step taken at `stage`, showing `images` real images (all ranks together); the
+        previous step's measurements no longer describe the networks."""
+        self.images += images
+        self.step += 1
+        self.resolution, self.fade_alpha = stage.resolution, stage.fade_alpha
+        self.metrics, self.gate_metric = {}, None
+
+    def stage(self, schedule: GrowthSchedule) -> Stage:
+        """The resolution and fade alpha of the latest step: the stage G was trained at (the
+        schedule's first before any step)."""
+        if not self.resolution:
+            return schedule.at(0.0)
+        return Stage(self.resolution, self.fade_alpha)
 
     @classmethod
     def from_json(cls, data: dict) -> Progress:
@@ -101,7 +131,11 @@ def write_checkpoint(
     if rank == 0:
         torch.save(state, directory / STATE_NAME)
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        (directory / PROGRESS_NAME).write_text(json.dumps(asdict(progress), indent=2))
+        write_progress(directory, progress)
+
+
+def write_progress(directory: Path, progress: Progress) -> None:
+    (directory / PROGRESS_NAME).write_text(json.dumps(asdict(progress), indent=2))
 
 
 def read_state(directory: Path, device: torch.device | str = "cpu") -> dict:
@@ -121,10 +155,10 @@ def load_networks(
     a checkpoint, built by the family of its config and loaded, in eval mode."""
     family = read_config(directory).family
     state = read_state(directory, device)
+    weights = {"G": sampled_generator(state["G"], state["G_ema"] or None), "D": state["D"]}
     networks = {"G": family.build_generator(), "D": family.build_discriminator()}
     for name, network in networks.items():
-        weights = state["G_ema"] if name == "G" and state.get("G_ema") else state[name]
-        network.load_state_dict(weights)
+        network.load_state_dict(weights[name])
         networks[name] = network.to(device).eval().requires_grad_(False)
     return networks
 
@@ -137,14 +171,8 @@ def read_config(directory: Path) -> TrainConfig:
 
 
 def read_stage(directory: Path) -> Stage:
-    """The resolution and fade alpha of the checkpoint's latest step: the stage its G was
-    trained at (the schedule's first before any step)."""
-    from trainers.schedule import Stage
-
-    progress = read_progress(directory)
-    if not progress.resolution:
-        return read_config(directory).growth_schedule.at(0.0)
-    return Stage(progress.resolution, progress.fade_alpha)
+    """The stage the checkpoint's G was trained at (`Progress.stage`)."""
+    return read_progress(directory).stage(read_config(directory).growth_schedule)
 
 
 def read_progress(directory: Path) -> Progress:

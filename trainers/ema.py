@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+Generator = TypeVar("Generator")  # a module or its state dict
 
 
 @torch.no_grad()
@@ -15,3 +19,9 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
         ema_parameter.lerp_(parameter, 1.0 - beta)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
+
+
+def sampled_generator(generator: Generator, ema: Generator | None) -> Generator:
+    """The generator users sample and metrics measure: G's EMA copy where the family keeps one
+    (`ema`, None where it keeps none), else G itself."""
+    return generator if ema is None else ema

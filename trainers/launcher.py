@@ -25,7 +25,6 @@ from trainers.data.format import MANIFEST_NAME
 from trainers.data.storage import DatasetNotFoundError, load_manifest
 from trainers.files import is_url
 from trainers.lineage import lineage_tags
-from trainers.metrics import UNSCORED
 from trainers.run_storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ class LaunchResult:
     run_dir: str  # <storage>/<run name>: a local path or an s3:// URL, as are the checkpoints
     kimg: float
     checkpoint: str | None
-    best_checkpoint: str | None = None  # lowest score (the config's first metric), if measured
+    best_checkpoint: str | None = None  # lowest gate value measured at a checkpoint, if any
     mlflow_run_id: str | None = None
 
 
@@ -345,12 +344,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
     # Ray's checkpoint paths are in its filesystem's terms (no s3:// scheme): by folder name
     latest = PurePosixPath(result.checkpoint.path).name if result.checkpoint else None
     progress = storage.read_progress(run_name, latest) if latest else None
-    scored = [
-        (m["score"], PurePosixPath(c.path).name)
-        for c, m in result.best_checkpoints
-        if m["score"] < UNSCORED
-    ]
-    best = min(scored)[1] if scored else None
+    best = storage.best_checkpoint(run_name)
     return LaunchResult(
         run_name,
         storage.location(run_name),

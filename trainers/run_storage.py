@@ -78,13 +78,12 @@ class RunStorage:
         with self.filesystem.open_input_stream(self._path(run, checkpoint, PROGRESS_NAME)) as f:
             return Progress.from_json(json.loads(f.read()))
 
-    def latest_complete_checkpoint(self, run: str) -> str | None:
-        """The newest checkpoint (by images shown) holding every file its writers wrote: rank
-        0's and one RNG file per rank (a kill can interrupt a copy); None if there is none."""
+    def _complete_checkpoints(self, run: str) -> Iterator[tuple[str, Progress]]:
+        """(name, progress record) of every checkpoint holding every file its writers wrote:
+        rank 0's and one RNG file per rank (a kill can interrupt a copy)."""
         from trainers.checkpoint import CONFIG_NAME, PROGRESS_NAME, STATE_NAME, rng_name
 
         needed = {STATE_NAME, CONFIG_NAME, PROGRESS_NAME}
-        found = []
         for checkpoint in self.checkpoints(run):
             files = set(self._names(run, checkpoint))
             if not needed <= files:
@@ -94,8 +93,22 @@ class RunStorage:
             except (OSError, ValueError, TypeError, KeyError):
                 continue  # a progress file cut short by the kill that interrupted its copy
             if all(rng_name(rank) in files for rank in range(progress.world_size)):
-                found.append((progress.images, checkpoint))
+                yield checkpoint, progress
+
+    def latest_complete_checkpoint(self, run: str) -> str | None:
+        """The newest complete checkpoint (by images shown); None if there is none."""
+        found = [(progress.images, name) for name, progress in self._complete_checkpoints(run)]
         return max(found)[1] if found else None
+
+    def best_checkpoint(self, run: str) -> str | None:
+        """The complete checkpoint with the lowest gate value measured at it (by its progress
+        record; the earliest of equals); None if no checkpoint was measured."""
+        scored = [
+            (progress.gate_value, name)
+            for name, progress in self._complete_checkpoints(run)
+            if progress.gate_value is not None
+        ]
+        return min(scored)[1] if scored else None
 
     @contextlib.contextmanager
     def local_copy(self, run: str, checkpoint: str) -> Iterator[Path]:

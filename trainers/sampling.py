@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from trainers.families.base import LatentPrior
+from trainers.precision import autocast
 
 GRID_CELL_MIN_PIXELS = 64  # small resolutions are enlarged (nearest) so a grid stays legible
 CHUNK = 64  # latents per forward pass
@@ -112,8 +113,7 @@ class Sampler:
         if training:
             self.generator.eval()
         try:
-            enabled = self.autocast_dtype is not None
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            with autocast(self.device, self.autocast_dtype):
                 parts = [self.generator(part).float().clamp(-1, 1) for part in latents.split(CHUNK)]
         finally:
             if training:

@@ -14,6 +14,10 @@ from typing import Any
 from trainers.files import is_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store, in the working dir
+# The gate metric (trainers.reporting.gate_metric): on a training run, of its best evaluation;
+# on a registered model version, of its checkpoint's
+GATE_METRIC_TAG = "ganforge.gate_metric"
+BEST_KIMG_TAG = "ganforge.best_kimg"  # on a training run: where its gate value was lowest
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

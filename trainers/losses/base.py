@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from trainers.precision import autocast
+
 if TYPE_CHECKING:
     from trainers.families.base import LatentPrior
 
@@ -52,26 +54,20 @@ class GanLoss(abc.ABC):
         self.D = discriminator
         self.prior = prior  # G's latents: the family's prior
 
-    @staticmethod
-    def autocast(state: StepState, device: torch.device, full_precision: bool = False):
-        """Forward passes in the step's autocast dtype (bf16 under `precision: bf16`); float32
-        when it is None or for a `full_precision` computation."""
-        enabled = state.autocast_dtype is not None and not full_precision
-        return torch.autocast(device.type, dtype=state.autocast_dtype, enabled=enabled)
-
     def generate(self, n: int, state: StepState, device: torch.device) -> torch.Tensor:
         """n fake images [n, 3, R, R] at the step's resolution and fade-in, as float32 so losses
         mix them with real images and reduce in full precision."""
         latents = state.rows(n, lambda m: self.prior.sample(m, state.generator, device))
-        with self.autocast(state, device):
+        with autocast(device, state.autocast_dtype):
             images = self.G(latents, state.resolution, state.fade_alpha)
         return images.float()
 
     def discriminate(
         self, images: torch.Tensor, state: StepState, full_precision: bool = False
     ) -> torch.Tensor:
-        """D's output for `images` (scores [N] or reconstructions), as float32."""
-        with self.autocast(state, images.device, full_precision):
+        """D's output for `images` (scores [N] or reconstructions), as float32; a
+        `full_precision` pass runs in float32 whatever the step's autocast dtype."""
+        with autocast(images.device, None if full_precision else state.autocast_dtype):
             output = self.D(images, state.resolution, state.fade_alpha)
         return output.float()
 
