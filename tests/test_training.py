@@ -132,10 +132,10 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["wgan_gp", "progan"])
-def test_channels_last_path_trains_like_the_default_layout(family, small_dataset, tmp_path):
-    """The GPU recipe's channels_last layout (on by default on CUDA) run on CPU: the same
-    networks, data and steps end at the same weights as the default layout, within float
-    tolerance, and its checkpoint loads into a default-layout run."""
+def test_channels_last_path_trains_like_the_contiguous_layout(family, small_dataset, tmp_path):
+    """The channels_last layout (the default, on CPU and CUDA): the same networks, data and
+    steps end at the same weights as the contiguous layout, within float tolerance, and its
+    checkpoint loads into a contiguous-layout run."""
     config = tiny_config(small_dataset, family, total_kimg=0.064)
     runs = {}
     for layout in (False, True):

@@ -90,14 +90,14 @@ class RunOptions:
     run_name: str = "ganforge"  # MLflow run name of a new run
     tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of the run (its lineage)
     progress_bar: bool = True
-    # NHWC activations and conv weights: cuDNN's bf16 tensor-core convs want them (on CUDA by
-    # default); on CPU the default layout is faster
-    channels_last: bool | None = None  # None: on when device is cuda
+    # NHWC activations and conv weights: cuDNN's bf16 tensor-core convs want them, and on CPU
+    # oneDNN runs the quickstart nets' steps 5-20% faster (single thread, images per CPU-second:
+    # WGAN-GP 790 -> 840, BEGAN 145 -> 175, ProGAN at 32² 100 -> 120)
+    channels_last: bool = True
 
     @property
     def memory_format(self) -> torch.memory_format:
-        on = self.device.type == "cuda" if self.channels_last is None else self.channels_last
-        return torch.channels_last if on else torch.contiguous_format
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def _due(before: float, after: float, done: bool, every_kimg: float) -> bool:
