@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from pipelines.cli.common import RUNTIME_ERROR, USAGE_ERROR, fail, prefect_defaults
 from trainers.tracking import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from pipelines.outcomes import PipelineRun
 
 app = typer.Typer(
     help="The end-to-end Prefect flow: dataset, training, evaluation, registry.",
@@ -41,8 +44,10 @@ def pipeline_run(
 ) -> None:
     """dvc repro (dataset + real statistics) → train each configured family on Ray Train →
     evaluate → register in MLflow (alias candidate) → promote (champion, through the gate) →
-    a sample grid per model. A re-run skips what did not change. Logs to MLFLOW_TRACKING_URI
-    (default ./mlflow.db); runs on the Prefect server in PREFECT_API_URL, else an ephemeral one."""
+    a sample grid per model → <storage>/pipeline-<time>/report.html. A re-run skips what did
+    not change. Shows the stage and each training's progress; ends with a summary table, the
+    `mlflow ui` command and the models' @champion URIs. Logs to MLFLOW_TRACKING_URI (default
+    ./mlflow.db); runs on the Prefect server in PREFECT_API_URL, else an ephemeral one."""
     prefect_defaults()  # before Prefect's import, which reads its logging settings
     pipeline = _pipeline_config(config)
     from pipelines.dataset.flow import local_run_settings
@@ -61,17 +66,22 @@ def pipeline_run(
     _print_summary(run, tracking_uri)
 
 
-def _print_summary(run, tracking_uri: str) -> None:
+def _print_summary(run: PipelineRun, tracking_uri: str) -> None:
     """One table, the report, how to browse the runs, then the URIs users pull (last, where
     they are easy to copy)."""
     from rich import box
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
+    # on a narrow terminal, cells wrap: URIs and paths stay whole, to copy
+    headers = ("family", "model URI", "version", "metrics", "gate decision", "grid")
     table = Table(
-        "family", "model URI", "version", "metrics", "gate decision", "grid",
-        title=f"pipeline {run.name} (MLflow run {run.run_id})", box=box.SIMPLE, highlight=False,
-    )  # fmt: skip
+        *(Column(header, overflow="fold") for header in headers),
+        title=f"pipeline {run.name} (MLflow run {run.run_id})",
+        title_justify="left",
+        box=box.SIMPLE,
+        show_edge=False,
+    )
     for outcome in run.outcomes:
         measured = ", ".join(f"{k} {v:.4g}" for k, v in outcome.metrics.items()) or "unscored"
         table.add_row(
