@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines.outcomes import GRIDS_ARTIFACT_DIR, OUTCOMES_ARTIFACT, REPORT_NAME, FamilyOutcome
 from pipelines.registry import LINEAGE_TAG_PREFIXES
 from trainers.reporting import PROGRESS_KEYS, SAMPLES_DIR, sample_kimg
-from trainers.sampling import grid_row
+from trainers.sampling import first_row
 
 NODES_TAG = "ganforge.nodes"  # each rank's node id, beside the lineage tags
 TEMPLATE = "report.html.j2"  # in pipelines/templates/
@@ -90,7 +90,7 @@ def _section(client, outcome: FamilyOutcome, grids: Path, work: Path) -> FamilyS
     columns = int(run.data.params.get("sample_grid", 1))
     folder = Path(client.download_artifacts(outcome.run_id, SAMPLES_DIR, str(work)))
     samples = [
-        SamplePoint(sample_kimg(path.name), data_uri(grid_row(Image.open(path), columns)))
+        SamplePoint(sample_kimg(path.name), data_uri(first_row(Image.open(path), columns)))
         for path in sorted(folder.glob("*.png"), key=lambda p: sample_kimg(p.name))
     ]
     histories = {

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from logging.handlers import QueueHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ray.util.queue import Queue
@@ -94,11 +94,11 @@ class Display:
     """The driver's console (stderr): messages, the pipeline's stage, and on a terminal one
     live line per running training (with the stage's above them)."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self):
         from rich.console import Console
 
         self.console = Console(
-            file=stream or sys.stderr, markup=False, emoji=False, highlight=False, soft_wrap=True
+            file=sys.stderr, markup=False, emoji=False, highlight=False, soft_wrap=True
         )
         self.live = self.console.is_terminal and not self.console.is_dumb_terminal
         self._progress = None  # rich's Progress, while open on a terminal

@@ -267,7 +267,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
             shown, run_name, config.model.family, log_path, request.show_progress
         ) as monitor,
     ):
-        result = _fit(request, config, storage, run_name, monitor)
+        result = _fit(request, config, storage, run_name, address, monitor)
         monitor.finished(result.kimg)
     return result
 
@@ -277,12 +277,12 @@ def _fit(
     config: TrainConfig,
     storage: RunStorage,
     run_name: str,
+    address: str | None,  # RAY_ADDRESS: the cluster to join; None starts a local one
     monitor: TrainingMonitor,
 ) -> LaunchResult:
     """Start (or join) Ray and run the TorchTrainer, rank 0 reporting to `monitor`."""
     from trainers.tracking import resolve_tracking_uri
 
-    address = os.environ.get("RAY_ADDRESS")
     if "ray" not in sys.modules:  # a process that imported Ray before keeps its settings
         # a cluster in RAY_ADDRESS is configured by whoever started it
         settings = RAY_CONSOLE_ENVIRONMENT | ({} if address else LOCAL_RAY_ENVIRONMENT)

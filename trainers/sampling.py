@@ -38,10 +38,10 @@ def image_grid(images: torch.Tensor, columns: int) -> Image.Image:
     return Image.fromarray(canvas)
 
 
-def grid_row(grid: Image.Image, columns: int, row: int = 0) -> Image.Image:
-    """Row `row` of a grid `image_grid` drew with `columns` columns, gaps included."""
-    cell = (grid.width - 1) // columns
-    return grid.crop((0, row * cell, grid.width, (row + 1) * cell + 1))
+def first_row(grid: Image.Image, columns: int) -> Image.Image:
+    """The first row of a grid `image_grid` drew with `columns` columns, gaps included."""
+    cell = (grid.width - 1) // columns  # pixels per image, plus one of gap
+    return grid.crop((0, 0, grid.width, cell + 1))
 
 
 def write_grid(images: torch.Tensor, path: Path) -> Path:
