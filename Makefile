@@ -43,11 +43,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 # Re-pin every dependency. torch is pinned without a local version tag so a GPU machine
-# takes the registry's CUDA build of the same release.
-lock: 
+# takes the registry's CUDA build of the same release. --upgrade-package torch: the lock's own
+# `torch==2.13.0` would otherwise be kept as the registry's CUDA wheel, and its nvidia-*
+# dependencies pinned with it, where the find-links folder holds a CPU wheel.
+lock:
 	test -x $(UV) || (python3 -m venv $(VENV) && $(PY) -m pip install --quiet uv==$(UV_VERSION))
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 $(UV_FIND_LINKS) --no-header -o requirements.lock
+		--python-platform x86_64-manylinux_2_28 $(UV_FIND_LINKS) --upgrade-package torch \
+		--no-header -o requirements.lock
 	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' requirements.lock
 
 clean:

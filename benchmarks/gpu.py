@@ -105,7 +105,7 @@ def train_figures(config, device, work: Path) -> dict:
                 record["seconds"] += time.perf_counter() - started
             return result
 
-    options = RunOptions(device=device, progress_bar=False)
+    options = RunOptions(device=device)
     trainer = Timed(config, options, DirectorySession(work))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

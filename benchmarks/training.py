@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Row, alternate, figure
+from trainers.launcher import RUN_LOG_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = REPO / "configs" / "train" / "wgan_gp.yaml"
@@ -33,7 +34,8 @@ TARGET_THROUGHPUT_VS_BARE = 0.9
 TARGET_LAUNCH_S = 10.0  # issue 4's target for the whole launch on this 2-core machine
 WARMUP_KIMG = 2.0  # MLflow's import (≈ 6 s of CPU) in rank 0's logging thread ends in here
 LOG_EVERY_KIMG = 0.512  # points of the kimg metric the window is timed between
-# the marks `ganforge train` logs (trainers.launcher.LAUNCH_MARK), in launch order
+# the marks `ganforge train` logs (trainers.launcher.LAUNCH_MARK) to the run's log file, in
+# launch order
 MARKS = {
     "ray_ready": re.compile(r"Ray ready[^\n]* at (\d+\.\d+)"),
     "train_function": re.compile(r"train function entered at (\d+\.\d+)"),
@@ -96,8 +98,9 @@ def _run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str
 
 
 def _ganforge_train(work: Path, run_name: str, overrides: list[str]) -> tuple[float, str, float]:
-    """`ganforge train PRESET` as a user types it, in `work`; returns start, output and the
-    seconds the whole command took."""
+    """`ganforge train PRESET` as a user types it, in `work`; returns start, output (the run's
+    train.log, where the launch marks are, after the console's) and the seconds the whole
+    command took."""
     command = [
         str(Path(sys.executable).parent / "ganforge"),
         "train",
@@ -112,7 +115,8 @@ def _ganforge_train(work: Path, run_name: str, overrides: list[str]) -> tuple[fl
         *(arg for override in overrides for arg in ("--set", override)),
     ]
     started, output = _run(command, _environment(f"sqlite:///{work / 'mlflow.db'}"), work)
-    return started, output, time.time() - started
+    seconds = time.time() - started
+    return started, output + (work / "runs" / run_name / RUN_LOG_NAME).read_text(), seconds
 
 
 def bytecode_cached() -> bool:

@@ -1,14 +1,15 @@
 """The whole mission as one Prefect flow (`ganforge pipeline run`, `make run`):
 
-  dvc repro (dataset + real statistics) → per training config: train on Ray Train (the job
-  measures the config's metrics over all its workers; each checkpoint records what was measured
-  at it) → log the measurements at the best checkpoint on the pipeline's run, for comparison →
-  register in MLflow (alias candidate) → promote (champion, through the gate) → a sample grid
-  from the registered model.
+  dvc repro (the dataset, then its real statistics) → per training config: train on Ray Train
+  (the job measures the config's metrics over all its workers; each checkpoint records what was
+  measured at it) → log the measurements at the best checkpoint on the pipeline's run, for
+  comparison → register in MLflow (alias candidate) → promote (champion, through the gate) →
+  sample grids from the registered model and the champion it was compared with → the report.
 
 A pipeline run is a parent MLflow run with one child run per training. A re-run skips what did
 not change: `dvc repro` skips its own stages, and a training whose input key (resolved config,
 dataset manifest digest, training code) matches a finished, registered child run is reused.
+The driver's display (trainers.console) shows the stage and each running training.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import trainers
+from pipelines.outcomes import PIPELINE_LOG_NAME, REPORT_NAME, FamilyOutcome, PipelineRun
+from pipelines.registry import Release
 from trainers.config import TrainConfig, describe_validation_error, load_train_config
+from trainers.console import display
 from trainers.files import is_url
 
 if TYPE_CHECKING:
@@ -90,30 +94,26 @@ class Trained:
         return cls(family, run_id, checkpoint, read_progress(checkpoint), reused)
 
 
-@dataclass(frozen=True)
-class FamilyOutcome:
-    family: str
-    run_id: str
-    model_uri: str  # models:/<name>/<version>
-    champion_uri: str  # models:/<name>@champion
-    metrics: dict[str, float]  # measured at the registered checkpoint
-    promotion: str  # what the gate decided
-    grid: Path  # from the registered model
-    reused: bool
-
-
 # -- tasks -------------------------------------------------------------------------------------
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def reproduce_dataset() -> None:
-    """`dvc repro`: builds what changed of the dataset and its real statistics, skips the rest.
-    Stage commands call `ganforge`, so this interpreter's bin folder leads PATH."""
+def reproduce(stage: str | None, log_path: Path) -> None:
+    """`dvc repro [STAGE]`: builds what changed (of the stage and what it depends on), skips the
+    rest; its output goes to `log_path`. Stage commands call `ganforge`, so this interpreter's
+    bin folder leads PATH."""
     bin_dir = str(Path(sys.executable).parent)
     environment = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run([str(Path(bin_dir) / "dvc"), "repro"], env=environment)
+    command = [str(Path(bin_dir) / "dvc"), "repro", *([stage] if stage else [])]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        result = subprocess.run(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        raise RuntimeError(f"dvc repro failed (exit {result.returncode}); see its output above")
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(
+            f"{' '.join(command[1:])} failed (exit {result.returncode}); the end of its output "
+            f"({log_path}):\n{tail}"
+        )
 
 
 def code_digest() -> str:
@@ -211,11 +211,30 @@ def promote(name: str, version: str, tracking_uri: str) -> str:
 
 
 @task(cache_policy=NONE)
+def current_champion(name: str, tracking_uri: str) -> Release | None:
+    from pipelines.registry import champion
+
+    return champion(name, tracking_uri)
+
+
+@task(cache_policy=NONE)
 def sample_grid(uri: str, tracking_uri: str, out: Path, count: int, seed: int) -> Path:
     """A grid from the registered model, as a user pulling it gets it."""
     from pipelines.registry import load_generator
 
     return load_generator(uri, tracking_uri).sampler.write_grid(out, count, seed)
+
+
+@task(cache_policy=NONE)
+def write_report(
+    parent_run_id: str, outcomes: list[FamilyOutcome], out: Path, tracking_uri: str
+) -> Path:
+    """The outcomes and grids onto the parent run, then the report built from that run."""
+    from pipelines.report import record_outcomes
+    from pipelines.report import write_report as write
+
+    record_outcomes(parent_run_id, outcomes, tracking_uri)
+    return write(parent_run_id, tracking_uri, out, log=True)
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -265,60 +284,76 @@ def _previous(config: TrainConfig, key: str, tracking_uri: str):
 
 
 @flow(name="ganforge-pipeline")
-def run_pipeline(config: PipelineConfig, tracking_uri: str) -> list[FamilyOutcome]:
+def run_pipeline(config: PipelineConfig, tracking_uri: str) -> PipelineRun:
     """dvc repro → for each training: train → log its measurements → register → promote →
-    sample grid."""
+    sample grids → the report."""
     from mlflow import MlflowClient
 
-    from pipelines.registry import CHAMPION
-
-    if config.repro:
-        reproduce_dataset()
     name = f"pipeline-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    parent = _open_parent_run(config, tracking_uri, name)
     storage = config.storage.resolve()
-    outcomes, status = [], "FAILED"
-    try:
-        for path in config.trainings:
-            training = config.training(path)
-            key = input_key(training)
-            previous = _previous(training, key, tracking_uri)
-            if previous is None:
-                trained, release = train(training, storage, parent, tracking_uri, key), None
-            else:
-                trained, release = previous  # the same inputs trained before: reused
-            log_measurements(trained, tracking_uri, parent)
-            release = release or register(trained, tracking_uri)
-            decision = "promotion off (promote: false)"
-            if config.promote:
-                decision = promote(release.name, release.version, tracking_uri)
-            grid = sample_grid(
-                release.uri,
-                tracking_uri,
-                storage / name / f"{release.name}-v{release.version}.png",
-                config.samples,
-                config.seed,
-            )
-            outcomes.append(
-                FamilyOutcome(
-                    trained.family,
-                    trained.run_id,
-                    release.uri,
-                    f"models:/{release.name}@{CHAMPION}",
-                    trained.progress.metrics,
-                    decision,
-                    grid,
-                    trained.reused,
+    folder = storage / name
+    log = folder / PIPELINE_LOG_NAME
+
+    def grid_of(release: Release) -> Path:
+        path = folder / f"{release.name}-v{release.version}.png"
+        return sample_grid(release.uri, tracking_uri, path, config.samples, config.seed)
+
+    with display() as shown:
+        if config.repro:
+            shown.stage(f"dataset (dvc repro build_dataset; its output in {log})")
+            reproduce("build_dataset", log)
+            shown.stage("real statistics (dvc repro)")
+            reproduce(None, log)
+        parent = _open_parent_run(config, tracking_uri, name)
+        outcomes, status = [], "FAILED"
+        try:
+            for index, path in enumerate(config.trainings, 1):
+                training = config.training(path)
+                which = f"{index} of {len(config.trainings)}: {training.model.family}"
+                key = input_key(training)
+                previous = _previous(training, key, tracking_uri)
+                if previous is None:
+                    shown.stage(f"training {which}")
+                    trained, release = train(training, storage, parent, tracking_uri, key), None
+                else:
+                    shown.stage(f"training {which} (unchanged: reused)")
+                    trained, release = previous
+                log_measurements(trained, tracking_uri, parent)
+                if release is None:
+                    shown.stage(f"registration {which}")
+                    release = register(trained, tracking_uri)
+                before = current_champion(release.name, tracking_uri)
+                decision = "promotion off (promote: false)"
+                if config.promote:
+                    shown.stage(f"promotion {which}")
+                    decision = promote(release.name, release.version, tracking_uri)
+                grid = grid_of(release)
+                champion_grid = None
+                if before is not None:
+                    champion_grid = grid if before.version == release.version else grid_of(before)
+                outcomes.append(
+                    FamilyOutcome(
+                        family=trained.family,
+                        run_id=trained.run_id,
+                        candidate=release,
+                        champion_before=before,
+                        metrics=trained.progress.metrics,
+                        promotion=decision,
+                        grid=grid,
+                        champion_grid=champion_grid,
+                        reused=trained.reused,
+                    )
                 )
-            )
-        status = "FINISHED"
-    finally:
-        MlflowClient(tracking_uri).set_terminated(parent, status=status)
-    return outcomes
+            shown.stage("report")
+            report = write_report(parent, outcomes, folder / REPORT_NAME, tracking_uri)
+            status = "FINISHED"
+        finally:
+            MlflowClient(tracking_uri).set_terminated(parent, status=status)
+    return PipelineRun(name=name, run_id=parent, outcomes=outcomes, report=report)
 
 
 @flow(name="ganforge-scheduled-pipeline")
-def scheduled_pipeline(config: str = "configs/pipeline/quickstart.yaml") -> list[FamilyOutcome]:
+def scheduled_pipeline(config: str = "configs/pipeline/quickstart.yaml") -> PipelineRun:
     """What a deployment runs (`ganforge pipeline deploy`): the pipeline config read when the
     run starts, from the checkout the worker runs in, logging to the worker's
     MLFLOW_TRACKING_URI (default ./mlflow.db)."""

@@ -149,8 +149,12 @@ def register_generator(checkpoint: Path, run_id: str, tracking_uri: str) -> Rele
             metadata=metadata,
         )
     _ensure_registered_model(client, name, config.model.family, sampler.resolution, prior)
+    # the client's call, as mlflow.register_model prints what it does onto stderr; the store
+    # finds the logged model through the fluent API's tracking URI
     with _tracking(tracking_uri):
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
+        version = client.create_model_version(
+            name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+        )
     client.set_registered_model_alias(name, CANDIDATE, version.version)
     return Release(name, str(version.version), gate, progress.gate_value)
 
@@ -192,6 +196,14 @@ def _version(client, name: str, version: str | None = None, alias: str | None = 
             return None
         what = f"alias {alias}" if alias is not None else f"version {version}"
         raise RegistryError(f"no registered model {name!r} with {what}") from None
+
+
+def champion(name: str, tracking_uri: str) -> Release | None:
+    """The version `champion` points at, or None while none does."""
+    from mlflow import MlflowClient
+
+    version = _version(MlflowClient(tracking_uri), name, alias=CHAMPION)
+    return None if version is None else Release.of(version)
 
 
 def promote(name: str, version: str, tracking_uri: str) -> str:

@@ -77,7 +77,7 @@ def train(config: dict, rank: int, world_size: int, work: Path) -> dict:
     torch.set_num_threads(1)
     trainer = InMemoryTrainer(
         TrainConfig.model_validate(config | {"workers": world_size}),
-        RunOptions(run_dir=work / "run" if rank == 0 else None, progress_bar=False),
+        RunOptions(run_dir=work / "run" if rank == 0 else None),
         DirectorySession(work / f"session-{world_size}-{rank}"),
     )
     trainer.run()

@@ -204,7 +204,7 @@ def test_began_phases_through_a_loop_step(tmp_path):
     """The loop's own step on BEGAN's phases: D's loss weighs the fake reconstruction by k_t,
     the controller moves k_t after the step, G trains on its phase."""
     config = tiny_config(tmp_path, "began", model={"k_initial": 0.5})
-    trainer = Trainer(config, RunOptions(progress_bar=False), DirectorySession(tmp_path))
+    trainer = Trainer(config, RunOptions(), DirectorySession(tmp_path))
     discriminator = trainer.state.D
     real = real_images(32)
     with torch.no_grad():  # D before the step: the D phase comes first

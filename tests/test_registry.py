@@ -32,7 +32,7 @@ def trained(small_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     config = tiny_config(small_dataset, "progan", metrics=["swd1k"])
-    options = RunOptions(tracking_uri=tracking_uri, run_name="registry", progress_bar=False)
+    options = RunOptions(tracking_uri=tracking_uri, run_name="registry")
     trainer = Trainer(config, options, DirectorySession(root / "run"))
     trainer.run()
     trainer.close()
@@ -237,7 +237,7 @@ def test_model_checkpoint_and_training_generator_agree_on_the_familys_prior(
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tiny_config(small_dataset, family, total_kimg=0.064, checkpoint_every_kimg=0.064)
-    options = RunOptions(tracking_uri=tracking_uri, run_name=family, progress_bar=False)
+    options = RunOptions(tracking_uri=tracking_uri, run_name=family)
     trainer = Trainer(config, options, DirectorySession(tmp_path / "run"))
     trainer.run()
     trainer.close()

@@ -19,6 +19,7 @@ import torch
 
 from tests.configs import tiny_overrides
 from tests.conftest import REPO, ganforge
+from tests.console import assert_plain_console
 from trainers.config import load_train_config
 from trainers.data.storage import load_manifest
 
@@ -123,6 +124,11 @@ def train(family, run_name, workdir, env, *extra):
     )
 
 
+def run_log(workdir: Path, run_name: str) -> str:
+    """The run's train.log: every rank's log records and the launcher's."""
+    return (workdir / "runs" / run_name / "train.log").read_text()
+
+
 @pytest.fixture(scope="module")
 def train_env(ray_address, subprocess_env, mlflow_client):
     return subprocess_env | {
@@ -156,8 +162,25 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     family, small_dataset, train_env, mlflow_client, tmp_path
 ):
     client, _ = mlflow_client
-    result = train(family, f"{family}-e2e", tmp_path, train_env, "--data", str(small_dataset))
-    assert result.returncode == 0, result.stderr[-3000:]
+    console = tmp_path / "console.txt"  # stdout and stderr, as `ganforge train > file 2>&1`
+    with console.open("w") as output:
+        result = subprocess.run(
+            [str(GANFORGE), "train", str(QUICKSTART / f"{family}.yaml"),
+             *sets(*tiny_overrides(family)), "--run-name", f"{family}-e2e",
+             "--data", str(small_dataset)],
+            cwd=tmp_path, env=train_env, stdout=output, stderr=subprocess.STDOUT, timeout=600,
+        )  # fmt: skip
+    text = console.read_text()
+    assert result.returncode == 0, text[-3000:]
+    # the driver's display: rank 0's progress (the first report is shown at once), one final
+    # line; every rank's log records in the run's log file, whose path is printed once
+    assert_plain_console(text, trainings=1)
+    progress = rf"^{family} \d+² α [01]\.\d\d kimg [\d.]+/0\.384 \d+ img/s ETA \d+:\d\d:\d\d$"
+    assert re.search(progress, text, re.MULTILINE), text[-3000:]
+    assert text.count("train.log") == 1
+    assert re.search(rf"^{family} finished at kimg 0\.384 in \d+:\d\d:\d\d", text, re.MULTILINE)
+    records = run_log(tmp_path, f"{family}-e2e")
+    assert " rank 0 INFO trainers." in records and " rank 1 INFO " in records
     run = run_by_name(client, f"{family}-e2e")
     assert run.info.status == "FINISHED"
     assert run.data.params["model.family"] == family
@@ -195,9 +218,9 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     assert measured <= set(run.data.metrics)
     assert run.data.tags["ganforge.gate_metric"] == "swd1k"
     assert run.data.tags["ganforge.best_kimg"] == "0.384"
-    assert "best checkpoint" in result.stdout
+    assert "best checkpoint" in text
     if family == "began":  # `ganforge evaluate` of that checkpoint measures what training did
-        best = re.search(r"best checkpoint (\S+)", result.stdout)[1]
+        best = re.search(r"best checkpoint (\S+)", text)[1]
         out = tmp_path / "metrics.json"
         evaluated = ganforge(
             "evaluate", "--checkpoint", best, "--out", str(out), env=train_env, timeout=300
@@ -216,7 +239,7 @@ def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env
     assert result.returncode == 0, result.stderr[-3000:]
     assert "to kimg 0.384" in result.stdout
     marks = ["Ray ready (local cluster) at", "train function entered at", "first step done at"]
-    output = result.stdout + result.stderr
+    output = run_log(tmp_path, "local")
     times = [float(re.search(re.escape(mark) + r" (\d+\.\d+)", output).group(1)) for mark in marks]
     assert times == sorted(times)
 
@@ -332,12 +355,14 @@ def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
     log = tmp_path / "output.log"
     with _past_first_checkpoint("survivor", overrides, small_dataset, tmp_path, train_env) as run:
         os.kill(_train_worker_pids()[-1], signal.SIGKILL)
-        _wait_for(lambda: "resumed at kimg" in log.read_text(), run, "restart", log)
+        _wait_for(lambda: "resumed at kimg" in run_log(tmp_path, "survivor"), run, "restart", log)
         _wait_for(lambda: len(_train_worker_pids()) == 2, run, "restarted workers", log)
         os.kill(_train_worker_pids()[-1], signal.SIGKILL)
         assert run.wait(timeout=300) == 1
     output = log.read_text()
-    resumed_at = float(re.search(r"resumed at kimg (\d+\.\d+)", output).group(1))
+    assert_plain_console(output, trainings=1)  # its final line says it failed
+    records = run_log(tmp_path, "survivor")
+    resumed_at = float(re.search(r"resumed at kimg (\d+\.\d+)", records).group(1))
     assert resumed_at > 0 and (resumed_at / 0.32) == pytest.approx(round(resumed_at / 0.32))
     assert "max_failures=1 restarts used up" in output and "--run-name survivor" in output
     assert "--resume" in output and "checkpoint_" in output
@@ -376,6 +401,10 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
         ray_cluster.ensure_nodes(2)  # the next tests find two nodes again
     text = log.read_text()
     assert "to kimg 1.280" in text
+    # rank 0's warning reaches the console once (its worker's output is not forwarded by the
+    # log monitors of both raylets), and training goes on showing one final line
+    assert_plain_console(text, trainings=1)
+    assert text.count("elastic resize:") == 1
     resize = re.search(r"elastic resize: .* written by 2 workers, training goes on with 1", text)
     assert resize, text[-3000:]
     assert "global batch at 32² stays 16 (per worker 8 -> 16)" in text

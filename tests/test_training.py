@@ -27,7 +27,7 @@ class RecordingTrainer(Trainer):
 
 
 def run(config, session_dir: Path, stop_kimg=None) -> RecordingTrainer:
-    options = RunOptions(stop_kimg=stop_kimg, progress_bar=False)
+    options = RunOptions(stop_kimg=stop_kimg)
     trainer = RecordingTrainer(config, options, DirectorySession(session_dir))
     trainer.run()
     return trainer
@@ -93,7 +93,7 @@ def test_auto_batch_on_cpu_keeps_the_table_with_a_note(small_dataset, tmp_path, 
 def test_bf16_autocast_path_trains_with_finite_losses(family, small_dataset, tmp_path):
     """The GPU recipe's autocast runs on CPU too: the same code path, checked without a GPU."""
     config = tiny_config(small_dataset, family, total_kimg=0.032, precision="bf16")  # slow on CPU
-    trainer = RecordingTrainer(config, RunOptions(progress_bar=False), DirectorySession(tmp_path))
+    trainer = RecordingTrainer(config, RunOptions(), DirectorySession(tmp_path))
     assert trainer.state.autocast_dtype == torch.bfloat16
     trainer.run()
     assert trainer.state.progress.nonfinite_steps == 0
@@ -139,7 +139,7 @@ def test_channels_last_path_trains_like_the_contiguous_layout(family, small_data
     config = tiny_config(small_dataset, family, total_kimg=0.064)
     runs = {}
     for layout in (False, True):
-        options = RunOptions(channels_last=layout, progress_bar=False)
+        options = RunOptions(channels_last=layout)
         runs[layout] = RecordingTrainer(config, options, DirectorySession(tmp_path / str(layout)))
         runs[layout].run()  # ends with a checkpoint
     weight = next(p for p in runs[True].state.G.parameters() if p.dim() == 4)
@@ -148,9 +148,7 @@ def test_channels_last_path_trains_like_the_contiguous_layout(family, small_data
         default, last = (getattr(runs[layout].state, name).state_dict() for layout in (False, True))
         for key, value in default.items():
             torch.testing.assert_close(last[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    resumed = RecordingTrainer(
-        config, RunOptions(progress_bar=False), DirectorySession(tmp_path / "True")
-    )
+    resumed = RecordingTrainer(config, RunOptions(), DirectorySession(tmp_path / "True"))
     torch.testing.assert_close(resumed.state.G.state_dict(), runs[False].state.G.state_dict(),
                                rtol=1e-4, atol=1e-5)  # fmt: skip
 

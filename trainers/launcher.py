@@ -1,8 +1,9 @@
 """Run a training config on Ray Train: one TorchTrainer worker per GPU (or CPU slot).
 
 Local Ray by default (started with the settings in LOCAL_RAY_ENVIRONMENT), the cluster named
-by RAY_ADDRESS otherwise. Every worker runs `trainers.loop.Trainer`; rank 0 logs to MLflow. A
-run lives in `<storage>/<run name>/` (Ray's checkpoints, sample grids); `resume` continues the
+by RAY_ADDRESS otherwise. Every worker runs `trainers.loop.Trainer`; rank 0 logs to MLflow and
+reports its progress to the driver's display (trainers.console). A run lives in
+`<storage>/<run name>/` (Ray's checkpoints, sample grids, train.log); `resume` continues the
 latest checkpoint there.
 """
 
@@ -13,7 +14,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from trainers.config import TrainConfig
+from trainers.console import TrainingMonitor, display
 from trainers.data.format import MANIFEST_NAME
 from trainers.data.storage import DatasetNotFoundError, load_manifest
 from trainers.files import is_url
@@ -32,18 +33,13 @@ log = logging.getLogger(__name__)
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Ray environment variables the launcher sets where the user has not. They are read at
-# `import ray` (the driver's log filter), at `ray.init` (the cluster's processes) and at `fit`
-# (Ray Train's controller), so they go into os.environ before any of these.
+# `import ray` (the driver's console), at `ray.init` (the cluster's processes) and at `fit` (Ray
+# Train's controller), so they go into os.environ before any of these.
 RAY_CONSOLE_ENVIRONMENT = {
-    # Worker lines the driver does not print: (1) Ray Train's PlacementGroupCleaner asks the
-    # State API every second whether the controller is alive; a cluster without the dashboard
-    # (ours, and any ray[train] without ray[default]) does not serve it, so each second brings
-    # a warning (the cleaner only matters if the controller dies and leaves its placement group
-    # behind); (2) every rank's INFO line for every checkpoint, logged outside the `ray.train`
-    # logger that RunConfig's logging level governs.
-    "RAY_DEDUP_LOGS_SKIP_REGEX": (
-        "Failed to query Ray Train Controller actor state|Reporting training result"
-    ),
+    # Both agents of a node whose raylet dies send the driver the tail of the raylet's log
+    # (Ray prints the second copy once its dedup window passes); that the node was lost still
+    # shows, once, in the GCS's message.
+    "RAY_DEDUP_LOGS_SKIP_REGEX": "Raylet is terminated",
 }
 LOCAL_RAY_ENVIRONMENT = {
     # Token authentication stays on (Ray's default for a new local cluster); naming the mode
@@ -60,6 +56,7 @@ LOCAL_RAY_ENVIRONMENT = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
 LAUNCH_MARK = "%s at %.3f (unix time)"  # the launch timeline `make bench` splits
+RUN_LOG_NAME = "train.log"  # in the run's local folder: every rank's log records, the driver's
 
 
 def _lean_trainer_class(local_cluster: bool):
@@ -101,7 +98,7 @@ class LaunchRequest:
     use_gpu: bool = False  # nccl on one GPU per worker; gloo on CPUs (precision: the config's)
     stop_kimg: float | None = None  # stop here (with a checkpoint) instead of total_kimg
     tracking_uri: str | None = None  # MLflow store; None: MLFLOW_TRACKING_URI or ./mlflow.db
-    progress_bar: bool = True
+    show_progress: bool = True  # the training's line on the driver's display (trainers.console)
     tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of a new run, besides lineage
 
 
@@ -200,27 +197,24 @@ def _train_worker(payload: dict) -> None:
     import ray.train.torch
     import torch
 
+    from trainers.console import forward_worker_logs
     from trainers.loop import RunOptions, Trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if ray.train.get_context().get_world_rank() == 0:
+    rank = ray.train.get_context().get_world_rank()
+    forward_worker_logs(payload["channel"], rank)
+    if rank == 0:
         log.info(LAUNCH_MARK, "train function entered", time.time())
     # offline by default: MLflow's usage telemetry would call out of a cluster node
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     use_gpu = payload["use_gpu"]
     storage = RunStorage(payload["storage"])
-    # sample grids go beside the checkpoints when those are local (on S3: a local temp folder;
-    # the grids reach MLflow either way)
-    run_dir = Path(storage.location(payload["run_name"]))
-    if not storage.is_local:
-        run_dir = Path(tempfile.gettempdir()) / "ganforge-runs" / payload["run_name"]
     options = RunOptions(
         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"),
         stop_kimg=payload["stop_kimg"],
-        run_dir=run_dir,
+        run_dir=storage.local_dir(payload["run_name"]),
         tracking_uri=payload["tracking_uri"],
         run_name=payload["run_name"],
-        progress_bar=payload["progress_bar"],
+        channel=payload["channel"],
         tags=payload["tags"],
     )
     session = _RaySession(payload["storage"], payload["run_name"])
@@ -248,9 +242,8 @@ def _cuda_available() -> bool:
 
 
 def launch(request: LaunchRequest) -> LaunchResult:
-    """Validate, start (or join) Ray, run the TorchTrainer, and report where things are."""
-    from trainers.tracking import resolve_tracking_uri
-
+    """Validate, start (or join) Ray, run the TorchTrainer with its line on the driver's
+    display, and report where things are."""
     config = request.config
     check_dataset(config)
     if not is_url(config.data):  # workers run in other directories
@@ -267,12 +260,36 @@ def launch(request: LaunchRequest) -> LaunchResult:
     address = os.environ.get("RAY_ADDRESS")
     if request.use_gpu and not address and not _cuda_available():
         raise LaunchError("--gpu: no CUDA device here; drop --gpu to train on CPU")
+    log_path = storage.local_dir(run_name) / RUN_LOG_NAME
+    with (
+        display() as shown,
+        TrainingMonitor(
+            shown, run_name, config.model.family, log_path, request.show_progress
+        ) as monitor,
+    ):
+        result = _fit(request, config, storage, run_name, address, monitor)
+        monitor.finished(result.kimg)
+    return result
+
+
+def _fit(
+    request: LaunchRequest,
+    config: TrainConfig,
+    storage: RunStorage,
+    run_name: str,
+    address: str | None,  # RAY_ADDRESS: the cluster to join; None starts a local one
+    monitor: TrainingMonitor,
+) -> LaunchResult:
+    """Start (or join) Ray and run the TorchTrainer, rank 0 reporting to `monitor`."""
+    from trainers.tracking import resolve_tracking_uri
 
     if "ray" not in sys.modules:  # a process that imported Ray before keeps its settings
         # a cluster in RAY_ADDRESS is configured by whoever started it
         settings = RAY_CONSOLE_ENVIRONMENT | ({} if address else LOCAL_RAY_ENVIRONMENT)
         for name, value in settings.items():
             os.environ.setdefault(name, value)
+    if not sys.stdout.isatty():  # Ray's messages to the driver ("(raylet) A worker died ...")
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # come with color codes otherwise
     import ray
 
     if not ray.is_initialized():
@@ -281,11 +298,21 @@ def launch(request: LaunchRequest) -> LaunchResult:
             include_dashboard=False,
             logging_level=logging.WARNING,
             configure_logging=True,
+            # workers' stdout and stderr stay in Ray's session logs: their log records reach
+            # the driver once each over the training's channel (trainers.console)
+            log_to_driver=False,
         )
     log.info(LAUNCH_MARK, "Ray ready" + (" (local cluster)" * (not address)), time.time())
     import ray.train
     from ray.train.torch import TorchConfig  # imports torch: after the cluster has started
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    # an actor on the driver's node, so that losing another node does not lose it, taking no
+    # CPU, since it runs beside training workers that hold every CPU
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    channel = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node})
+    monitor.listen(channel)
     # the code's git state is where this file is, whatever the working directory
     tags = lineage_tags(config.data, Path(__file__).parent) | request.tags
     payload = {
@@ -296,7 +323,7 @@ def launch(request: LaunchRequest) -> LaunchResult:
         "storage": storage.uri,
         "run_name": run_name,
         "tracking_uri": resolve_tracking_uri(request.tracking_uri),
-        "progress_bar": request.progress_bar,
+        "channel": channel,
     }
     trainer = _lean_trainer_class(local_cluster=not address)(
         _train_worker,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from trainers.reporting import Reporter
 from trainers.schedule import Stage
 from trainers.seeding import derived_seed
 from trainers.state import TrainingState
+
+if TYPE_CHECKING:
+    from ray.util.queue import Queue
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class RunOptions:
     tracking_uri: str | None = None  # MLflow store rank 0 logs to; None logs nothing
     run_name: str = "ganforge"  # MLflow run name of a new run
     tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of the run (its lineage)
-    progress_bar: bool = True
+    channel: Queue | None = None  # rank 0's progress reports to the driver (trainers.console)
     # NHWC activations and conv weights: cuDNN's bf16 tensor-core convs want them, and on CPU
     # oneDNN runs the quickstart nets' steps 5-20% faster (single thread, images per CPU-second:
     # WGAN-GP 790 -> 840, BEGAN 145 -> 175, ProGAN at 32² 100 -> 120)
@@ -244,7 +247,6 @@ class Trainer:
                 self.save_checkpoint()
                 progress.loader_epoch += 1  # the stream restarts, from the next epoch's seed
                 batches = None
-        reporter.finish()
         return progress
 
     def _skipped(self, in_a_row: int) -> None:

@@ -1,13 +1,12 @@
 """What a run tells people, apart from the training itself: rank 0's MLflow run (params,
-lineage and cluster tags, step metrics, sample grids, a copy of the latest checkpoint), the
-progress bar, and the evaluation every rank takes part in, with the gate rule that ranks its
-results."""
+lineage and cluster tags, step metrics, sample grids, a copy of the latest checkpoint), its
+progress reports to the driver's display, and the evaluation every rank takes part in, with the
+gate rule that ranks its results."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ import torch
 
 from trainers.checkpoint import Progress
 from trainers.config import TrainConfig
+from trainers.console import ProgressReport
 from trainers.lineage import cluster_tags
 from trainers.sampling import Sampler, write_grid
 from trainers.schedule import Stage
@@ -25,6 +25,30 @@ if TYPE_CHECKING:
     from trainers.loop import RunOptions
 
 log = logging.getLogger(__name__)
+
+SAMPLES_DIR = "samples"  # the grids of the fixed latents: under run_dir and in the MLflow run
+# what `Reporter.log` records beside the step metrics' means (the losses): schedule and speed
+PROGRESS_KEYS = frozenset(
+    {
+        "kimg",
+        "resolution",
+        "fade_alpha",
+        "batch_size",
+        "workers",
+        "images_per_second",
+        "seconds_per_kimg",
+        "nonfinite_steps",
+    }
+)
+
+
+def sample_name(kimg: float) -> str:
+    """The file name of the sample grid written at `kimg` (sorts by kimg)."""
+    return f"kimg{kimg:010.3f}.png"
+
+
+def sample_kimg(name: str) -> float:
+    return float(name.removeprefix("kimg").removesuffix(".png"))
 
 
 def gate_metric(configured: list[str], measured: dict[str, float]) -> str | None:
@@ -71,8 +95,9 @@ class Reporter:
             config.sample_grid**2, torch.Generator(device).manual_seed(config.seed), device
         )
         self.logger = None
-        self._bar = None
         self._interval: _Interval | None = None  # from `start`
+        self._stop_kimg = 0.0  # from `start`
+        self._channel = options.channel if rank == 0 else None  # to the driver's display
         if rank != 0:
             return
         log.info("%d workers on %d nodes: %s", self.world_size, len(set(nodes)), nodes)
@@ -94,9 +119,8 @@ class Reporter:
     # -- the cadence's hooks ----------------------------------------------------------------
 
     def start(self, progress: Progress, stop_kimg: float, sampler: Sampler) -> None:
-        """The progress bar, and the untrained baseline grid of a run that starts at zero."""
-        if self.rank == 0 and self.options.progress_bar:
-            self._bar = _progress_bar(progress.kimg, stop_kimg)
+        """The untrained baseline grid of a run that starts at zero."""
+        self._stop_kimg = stop_kimg
         if progress.kimg == 0:
             self.write_samples(sampler, progress)
         self._interval = _Interval(progress.kimg)
@@ -106,7 +130,8 @@ class Reporter:
         self._interval.add(metrics)
 
     def log(self, progress: Progress, stage: Stage, global_batch: int) -> None:
-        """Interval means of the step metrics plus speed and schedule, to MLflow and the bar."""
+        """Interval means of the step metrics plus speed and schedule to MLflow; where the run
+        is to the driver."""
         interval = self._interval
         seconds = time.perf_counter() - interval.started
         shown = (progress.kimg - interval.kimg) * 1000
@@ -123,12 +148,21 @@ class Reporter:
         )
         if self.logger is not None:
             self.logger.log_metrics(record, progress.images)
-        if self._bar is not None:
-            self._bar.set_description(
-                f"{stage.resolution}² alpha {stage.fade_alpha:.2f} "
-                f"batch {global_batch} {record['images_per_second']:.0f} img/s"
+        if self._channel is not None:
+            from ray.exceptions import RayError  # a channel exists on Ray workers only
+
+            report = ProgressReport(
+                progress.kimg,
+                self._stop_kimg,
+                stage.resolution,
+                stage.fade_alpha,
+                record["images_per_second"],
             )
-            self._bar.update(round(progress.kimg - interval.kimg, 3))
+            try:
+                self._channel.put_nowait(report)
+            except RayError as error:  # the display is not worth the run
+                log.warning("progress reports to the driver stopped: %s", error)
+                self._channel = None
         self._interval = _Interval(progress.kimg)
 
     def write_samples(self, sampler: Sampler, progress: Progress) -> None:
@@ -136,10 +170,9 @@ class Reporter:
         if self.rank != 0 or self.options.run_dir is None:
             return
         images = sampler(self.sample_latents)
-        name = f"kimg{progress.kimg:010.3f}.png"
-        path = write_grid(images, self.options.run_dir / "samples" / name)
+        path = write_grid(images, self.options.run_dir / SAMPLES_DIR / sample_name(progress.kimg))
         if self.logger is not None:
-            self.logger.log_file(path, "samples")
+            self.logger.log_file(path, SAMPLES_DIR)
 
     def evaluate(self, sampler: Sampler, discriminator: torch.nn.Module, progress: Progress):
         """The config's metrics on `sampler`'s generator, all ranks taking part, recorded in
@@ -189,22 +222,7 @@ class Reporter:
         if self.logger is not None:
             self.logger.log_checkpoint(directory)
 
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
     def close(self, failed: bool = False) -> None:
         """End the MLflow run after its uploads finish."""
         if self.logger is not None:
             self.logger.close("FAILED" if failed else "FINISHED")
-
-
-def _progress_bar(kimg: float, stop_kimg: float):
-    ray = sys.modules.get("ray")  # imported by Ray's workers; importing it here costs seconds
-    if ray is not None and ray.is_initialized():  # the driver renders it, not worker stderr
-        from ray.experimental.tqdm_ray import tqdm
-    else:
-        from tqdm import tqdm
-    bar = tqdm(desc="training", total=round(stop_kimg, 3), unit="kimg")
-    bar.update(round(kimg, 3))
-    return bar

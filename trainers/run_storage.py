@@ -40,6 +40,13 @@ class RunStorage:
         """What users and Ray are told: a local path or an s3:// URL."""
         return "/".join([self.uri, *parts])
 
+    def local_dir(self, run: str) -> Path:
+        """Where this machine keeps a run's own files (sample grids, its log): beside the
+        checkpoints when those are local, else a local temp folder (grids reach MLflow too)."""
+        if self.is_local:
+            return Path(self.location(run))
+        return Path(tempfile.gettempdir()) / "ganforge-runs" / run
+
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 

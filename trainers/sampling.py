@@ -38,6 +38,12 @@ def image_grid(images: torch.Tensor, columns: int) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def first_row(grid: Image.Image, columns: int) -> Image.Image:
+    """The first row of a grid `image_grid` drew with `columns` columns, gaps included."""
+    cell = (grid.width - 1) // columns  # pixels per image, plus one of gap
+    return grid.crop((0, 0, grid.width, cell + 1))
+
+
 def write_grid(images: torch.Tensor, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = max(1, int(round(len(images) ** 0.5)))

@@ -5,6 +5,7 @@
   evaluate.py  ganforge evaluate | sample
   promote.py   ganforge promote
   pipeline.py  ganforge pipeline run | deploy
+  report.py    ganforge report
   common.py    exit statuses and what the groups share
 
 Heavy imports (Prefect, torch) happen inside commands so that `--help` is instant and dataset
@@ -13,9 +14,11 @@ pool workers stay light. Exit status: 0 success, 2 bad usage, 1 a failure at run
 
 from __future__ import annotations
 
+import os
+
 import typer
 
-from pipelines.cli import data, evaluate, pipeline, promote, train
+from pipelines.cli import data, evaluate, pipeline, promote, report, train
 
 app = typer.Typer(
     help="ganforge: build GAN datasets, train, evaluate and release generators.",
@@ -28,4 +31,13 @@ app.add_typer(pipeline.app, name="pipeline")
 app.command("evaluate")(evaluate.evaluate)
 app.command("sample")(evaluate.sample)
 app.command("promote")(promote.promote)
+app.command("report")(report.report)
 app.command("train")(train.train)
+
+
+@app.callback()
+def _process_defaults() -> None:
+    # MLflow draws a "Downloading artifacts" bar per file of every model it loads, and logs
+    # its database migrations, into the middle of the commands' own output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from pipelines.cli.common import (
-    RUNTIME_ERROR,
-    USAGE_ERROR,
-    fail,
-    prefect_defaults,
-    show_launcher_progress,
-)
+from pipelines.cli.common import RUNTIME_ERROR, USAGE_ERROR, fail, prefect_defaults
 from trainers.tracking import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from pipelines.outcomes import PipelineRun
 
 app = typer.Typer(
     help="The end-to-end Prefect flow: dataset, training, evaluation, registry.",
@@ -47,36 +44,64 @@ def pipeline_run(
 ) -> None:
     """dvc repro (dataset + real statistics) → train each configured family on Ray Train →
     evaluate → register in MLflow (alias candidate) → promote (champion, through the gate) →
-    a sample grid per model. A re-run skips what did not change. Logs to MLFLOW_TRACKING_URI
-    (default ./mlflow.db); runs on the Prefect server in PREFECT_API_URL, else an ephemeral one."""
+    a sample grid per model → <storage>/pipeline-<time>/report.html. A re-run skips what did
+    not change. Shows the stage and each training's progress; ends with a summary table, the
+    `mlflow ui` command and the models' @champion URIs. Logs to MLFLOW_TRACKING_URI (default
+    ./mlflow.db); runs on the Prefect server in PREFECT_API_URL, else an ephemeral one."""
+    prefect_defaults()  # before Prefect's import, which reads its logging settings
     pipeline = _pipeline_config(config)
-    prefect_defaults()
-    show_launcher_progress()
     from pipelines.dataset.flow import local_run_settings
     from pipelines.end_to_end import run_pipeline
+    from trainers.console import display
     from trainers.launcher import LaunchError, TrainingFailed
 
     tracking_uri = resolve_tracking_uri()
     try:
-        with local_run_settings():
-            outcomes = run_pipeline(pipeline, tracking_uri)
+        with local_run_settings(), display():
+            run = run_pipeline(pipeline, tracking_uri)
     except LaunchError as error:
         raise fail(str(error), USAGE_ERROR) from None
     except (TrainingFailed, RuntimeError) as error:
         raise fail(f"pipeline failed: {error}", RUNTIME_ERROR) from None
-    typer.echo("\npipeline finished:")
-    for outcome in outcomes:
+    _print_summary(run, tracking_uri)
+
+
+def _print_summary(run: PipelineRun, tracking_uri: str) -> None:
+    """One table, the report, how to browse the runs, then the URIs users pull (last, where
+    they are easy to copy)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    # on a narrow terminal, cells wrap: URIs and paths stay whole, to copy
+    headers = ("family", "model URI", "version", "metrics", "gate decision", "grid")
+    table = Table(
+        *(Column(header, overflow="fold") for header in headers),
+        title=f"pipeline {run.name} (MLflow run {run.run_id})",
+        title_justify="left",
+        box=box.SIMPLE,
+        show_edge=False,
+    )
+    for outcome in run.outcomes:
         measured = ", ".join(f"{k} {v:.4g}" for k, v in outcome.metrics.items()) or "unscored"
-        reused = " (unchanged: reused)" * outcome.reused
-        typer.echo(f"  {outcome.family}{reused}: {outcome.model_uri}, {measured}")
-        typer.echo(f"    {outcome.promotion}")
-    typer.echo("sample grids:")
-    for outcome in outcomes:
-        typer.echo(f"  {outcome.grid}")
-    typer.echo("registered models:")
-    for outcome in outcomes:
-        typer.echo(f"  {outcome.champion_uri}")
-    typer.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri}")
+        table.add_row(
+            outcome.family + " (unchanged: reused)" * outcome.reused,
+            outcome.candidate.uri,
+            outcome.candidate.version,
+            measured,
+            outcome.promotion,
+            str(outcome.grid),
+        )
+    console = Console(markup=False, highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # a file keeps whole rows, however wide
+        unbounded = console.options.update_width(10**6)
+        console.width = max(console.width, console.measure(table, options=unbounded).maximum)
+    console.print(table)
+    console.print(f"report: {run.report}")
+    console.print(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri}")
+    console.print("registered models:")
+    for outcome in run.outcomes:
+        console.print(f"  {outcome.champion_uri}")
 
 
 @app.command("deploy")

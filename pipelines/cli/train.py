@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from pipelines.cli.common import RUNTIME_ERROR, USAGE_ERROR, fail, show_launcher_progress
+from pipelines.cli.common import RUNTIME_ERROR, USAGE_ERROR, fail
 
 
 def train(
@@ -57,10 +57,17 @@ def train(
             "s3://BUCKET/PREFIX."
         ),
     ] = "runs",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            help="Show the training's progress line (on a terminal redrawn in place, otherwise "
+            "a plain line at most every 30 s); its final line is shown either way."
+        ),
+    ] = True,
 ) -> None:
     """Train a GAN family on Ray Train (local Ray, or the cluster in RAY_ADDRESS); rank 0 logs
-    to MLflow (MLFLOW_TRACKING_URI, default ./mlflow.db)."""
+    to MLflow (MLFLOW_TRACKING_URI, default ./mlflow.db). Every worker's log goes to
+    <run folder>/train.log; their warnings and errors are shown here too."""
     from trainers.config import describe_validation_error, load_train_config
 
     extra = [*(overrides or [])]
@@ -75,7 +82,6 @@ def train(
 
     from trainers.launcher import LaunchError, LaunchRequest, TrainingFailed, launch
 
-    show_launcher_progress()
     request = LaunchRequest(
         config=train_config,
         storage=storage,
@@ -83,7 +89,7 @@ def train(
         resume=resume,
         use_gpu=gpu,
         stop_kimg=max_kimg,
-        progress_bar=progress,
+        show_progress=progress,
     )
     try:
         result = launch(request)
