@@ -31,9 +31,10 @@ def check_checkpoint(directory: Path) -> None:
 
     if not directory.exists():
         raise NotACheckpointError(f"{directory} does not exist")
-    if not (directory / CONFIG_NAME).is_file() or not (directory / PROGRESS_NAME).is_file():
+    missing = [name for name in (CONFIG_NAME, PROGRESS_NAME) if not (directory / name).is_file()]
+    if missing:
         raise NotACheckpointError(
-            f"{directory} is not a ganforge checkpoint (no {CONFIG_NAME}); give a "
+            f"{directory} is not a ganforge checkpoint (no {' or '.join(missing)}); give a "
             "checkpoint_* folder of a run, e.g. runs/<run name>/checkpoint_<time>"
         )
 

@@ -25,7 +25,7 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from pipelines.cli import data, evaluate, pipeline, promote, train
-from pipelines.cli.common import DEBUG_ENV, RUNTIME_ERROR, debugging
+from pipelines.cli.common import DEBUG_ENV, RUNTIME_ERROR, debugging, error_line
 
 
 class _Ganforge(typer.Typer):
@@ -41,25 +41,21 @@ class _Ganforge(typer.Typer):
             sys.exit(error.exit_code)
         except UsageError as error:
             where = f" (see {error.ctx.command_path} --help)" if error.ctx else ""
-            _error_line(f"{error.format_message().rstrip('.')}{where}")
+            error_line(f"{error.format_message().rstrip('.')}{where}")
             sys.exit(error.exit_code)
         except ClickException as error:
-            _error_line(error.format_message())
+            error_line(error.format_message())
             sys.exit(error.exit_code)
         except typer.Abort:
-            _error_line("aborted")
+            error_line("aborted")
             sys.exit(RUNTIME_ERROR)
         except Exception as error:
             if debugging():
                 raise
             what = (str(error).strip().splitlines() or [""])[0]
-            _error_line(f"{type(error).__name__}: {what} (the traceback: ganforge --debug ...)")
+            error_line(f"{type(error).__name__}: {what} (the traceback: ganforge --debug ...)")
             sys.exit(RUNTIME_ERROR)
         sys.exit(status if isinstance(status, int) else 0)
-
-
-def _error_line(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
 
 
 app = _Ganforge(

@@ -28,8 +28,13 @@ def fail(message: str, code: int) -> typer.Exit:
     of the exception being handled first."""
     if debugging() and sys.exc_info()[0] is not None:
         traceback.print_exc()
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    error_line(message)
     return typer.Exit(code)
+
+
+def error_line(message: str) -> None:
+    """How every error is shown: `error: <message>` on stderr."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
 
 
 def check_output(path: str | Path, option: str, *, folder: bool) -> None:

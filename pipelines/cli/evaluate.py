@@ -119,8 +119,10 @@ def evaluate(
     if data is not None:
         try:
             load_manifest(data)
-        except (DatasetNotFoundError, DatasetCorruptedError) as error:
+        except DatasetNotFoundError as error:
             raise fail(f"--data {error}", USAGE_ERROR) from None
+        except DatasetCorruptedError as error:  # damaged: a finding, as `data verify` says
+            raise fail(f"--data {error}", RUNTIME_ERROR) from None
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     import torch
 
