@@ -95,7 +95,7 @@ def hostile_folder(root: Path) -> dict[str, str]:
 
 def hostile_archive(path: Path) -> dict[str, str]:
     """A zip or tar whose members try to leave it; returns {member: what becomes of it}."""
-    escape = f"/tmp/ganforge-escape-{uuid.uuid4().hex}.png"  # would land outside, if written
+    escape = f"/ganforge-escape-{uuid.uuid4().hex}.png"  # would land outside, if written
     members = {
         "faces/0.png": ("accepted", png(30)),
         "faces/1.png": ("accepted", png(31)),
