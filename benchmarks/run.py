@@ -17,7 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCHMARKS = ("synthetic", "build", "celeba", "reader", "training", "metrics", "quality")
+BENCHMARKS = (
+    "synthetic",
+    "build",
+    "celeba",
+    "reader",
+    "training",
+    "metrics",
+    "quality",
+    "usage_errors",
+)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_ENV = "GANFORGE_BENCH_QUICK"
 
@@ -37,6 +46,7 @@ FULL = {
     "celeba_images": 48,
     "celeba_listed": [2_000, 202_599],
     "celeba_distinct": 400,
+    "usage_error_repeats": 3,
 }
 QUICK = {
     "synthetic_images": 64,
@@ -54,6 +64,7 @@ QUICK = {
     "celeba_images": 8,
     "celeba_listed": [500, 2_000],
     "celeba_distinct": 50,
+    "usage_error_repeats": 1,
 }
 
 
@@ -88,7 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "nothing; (5) the Fréchet distance (FID's last step) on 2048-d covariances vs the "
             "scipy.linalg.sqrtm formula; (6) sample quality of the quickstart's registered "
             "champions (left by `make run`): swd1k and per-pixel spread of 1,000 samples, next "
-            "to the real-vs-real floor and a mean-image generator on the same metric. "
+            "to the real-vs-real floor and a mean-image generator on the same metric; (7) the "
+            "seconds a usage error of `ganforge` costs, interpreter start to exit 2, median per "
+            "command over the mistakes of tests/mistakes.py (budget: 2 s), vs a bare Python "
+            "start. "
             "Writes BENCH.json files under the results folder and prints a table. Targets are "
             "recorded (meets_target), never enforced: the exit status is 0 unless it crashes."
         ),
@@ -161,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--celeba-distinct", type=int, metavar="N", help="distinct scenes behind (celeba b)"
+    )
+    parser.add_argument(
+        "--usage-error-repeats", type=int, metavar="N", help="rounds over the usage errors"
     )
     parser.add_argument(
         "--results-dir",
@@ -331,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
             print("quality: swd1k of each quickstart champion, the real floor, the mean image ...")
             payload, new_rows = quality.run(resolve_tracking_uri())
             written.append(write_result(args.results_dir, "quality", common | payload))
+            rows += new_rows
+
+        if "usage_errors" in args.only:
+            from benchmarks import usage_errors
+
+            print(f"usage errors: every mistake of tests/mistakes.py x{args.usage_error_repeats}")
+            payload, new_rows = usage_errors.run_all(args.usage_error_repeats)
+            written.append(write_result(args.results_dir, "usage_errors", common | payload))
             rows += new_rows
 
     print()

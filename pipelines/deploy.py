@@ -19,6 +19,10 @@ class DeployError(ValueError):
     """Bad input for a deployment (exit status 2)."""
 
 
+class DeployFailed(RuntimeError):
+    """The Prefect server could not be reached or refused the deployment (exit status 1)."""
+
+
 def ensure_work_pool(name: str) -> None:
     """A `process` work pool named `name`, created if missing."""
     from prefect.client.orchestration import get_client
@@ -34,6 +38,7 @@ def deploy_pipeline(
 ) -> UUID:
     """Create (or update) deployment `ganforge-scheduled-pipeline/<name>` running the pipeline
     config `config` (a path inside `source`) on `cron`; returns the deployment id."""
+    import httpx
     from prefect.client.schemas.schedules import CronSchedule
 
     from pipelines.end_to_end import scheduled_pipeline
@@ -45,14 +50,22 @@ def deploy_pipeline(
         schedule = CronSchedule(cron=cron)
     except ValueError:
         raise DeployError(f"--cron {cron!r}: not a cron expression, e.g. '0 3 * * *'") from None
-    ensure_work_pool(work_pool)
-    flow = scheduled_pipeline.from_source(source=str(source), entrypoint=ENTRYPOINT)
-    # to_deployment + apply, not flow.deploy: with Prefect 3.8.8's server, deploy's query for
-    # online workers is rejected (422: limit and offset sent as null)
-    deployment = flow.to_deployment(
-        name=name,
-        work_pool_name=work_pool,
-        schedule=schedule,
-        parameters={"config": str(config)},
-    )
-    return deployment.apply()
+    try:
+        ensure_work_pool(work_pool)
+        flow = scheduled_pipeline.from_source(source=str(source), entrypoint=ENTRYPOINT)
+        # to_deployment + apply, not flow.deploy: with Prefect 3.8.8's server, deploy's query
+        # for online workers is rejected (422: limit and offset sent as null)
+        deployment = flow.to_deployment(
+            name=name,
+            work_pool_name=work_pool,
+            schedule=schedule,
+            parameters={"config": str(config)},
+        )
+        return deployment.apply()
+    except httpx.HTTPError as error:  # refused, unresolvable, timed out, or an error status
+        from prefect.settings import PREFECT_API_URL
+
+        raise DeployFailed(
+            f"the Prefect server at {PREFECT_API_URL.value()} failed: "
+            f"{type(error).__name__}: {error}; no deployment was made or changed"
+        ) from error

@@ -24,15 +24,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from prefect import flow, task
 from prefect.cache_policies import NONE
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import trainers
 from pipelines.outcomes import PIPELINE_LOG_NAME, REPORT_NAME, FamilyOutcome, PipelineRun
+from pipelines.pipeline_config import PipelineConfig, load_pipeline_config
 from pipelines.registry import Release
-from trainers.config import TrainConfig, describe_validation_error, load_train_config
+from trainers.config import TrainConfig
 from trainers.console import display
 from trainers.files import is_url
 
@@ -41,42 +40,6 @@ if TYPE_CHECKING:
 
 INPUT_KEY_TAG = "ganforge.pipeline.input_key"  # on a training's run: what it was trained from
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
-
-
-class PipelineConfig(BaseModel):
-    """configs/pipeline/*.yaml: what `ganforge pipeline run` does, in order."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    repro: bool = True  # `dvc repro` first: the dataset and its real statistics (dvc.yaml)
-    trainings: list[Path] = Field(min_length=1)  # training presets, one Ray Train job each
-    overrides: list[str] = []  # --set KEY=VALUE applied to every training
-    experiment: str = "ganforge"  # MLflow experiment of the parent run and its children
-    storage: Path = Path("runs")  # training runs live in <storage>/<run name>/
-    promote: bool = True  # move champion to a new version that passes the gate
-    samples: int = Field(default=64, ge=1, le=1024)  # images per grid from each new model
-    seed: int = 0  # fixes the grids' latents
-
-    @model_validator(mode="after")
-    def _trainings_validate(self) -> PipelineConfig:
-        for path in self.trainings:  # a bad preset fails before anything runs
-            try:
-                self.training(path)
-            except ValidationError as error:
-                raise ValueError(f"{path}: {describe_validation_error(error)}") from None
-            except OSError as error:
-                raise ValueError(f"{path}: {error.strerror}") from None
-        return self
-
-    def training(self, path: Path) -> TrainConfig:
-        """The preset at `path` with the overrides, in this pipeline's experiment."""
-        return load_train_config(path, [*self.overrides, f"experiment={self.experiment}"])
-
-
-def load_pipeline_config(path: Path) -> PipelineConfig:
-    raw = yaml.safe_load(Path(path).read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of pipeline keys")
-    return PipelineConfig.model_validate(raw)
 
 
 @dataclass(frozen=True)

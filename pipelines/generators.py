@@ -20,6 +20,25 @@ class NotACheckpointError(ValueError):
     """A folder without a ganforge checkpoint's config."""
 
 
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint folder whose files cannot be read back (a finding at run time)."""
+
+
+def check_checkpoint(directory: Path) -> None:
+    """NotACheckpointError naming what is wrong; imports nothing heavy, so the command line
+    checks --checkpoint before loading torch."""
+    from trainers.run_storage import CONFIG_NAME, PROGRESS_NAME
+
+    if not directory.exists():
+        raise NotACheckpointError(f"{directory} does not exist")
+    missing = [name for name in (CONFIG_NAME, PROGRESS_NAME) if not (directory / name).is_file()]
+    if missing:
+        raise NotACheckpointError(
+            f"{directory} is not a ganforge checkpoint (no {' or '.join(missing)}); give a "
+            "checkpoint_* folder of a run, e.g. runs/<run name>/checkpoint_<time>"
+        )
+
+
 @dataclass
 class TrainedGenerator:
     sampler: Sampler  # the generator at the stage it is sampled at, with its prior
@@ -31,25 +50,26 @@ class TrainedGenerator:
 
     @classmethod
     def from_checkpoint(cls, directory: Path, device: torch.device) -> TrainedGenerator:
-        """NotACheckpointError when `directory` holds no ganforge checkpoint."""
-        from trainers.checkpoint import (
-            CONFIG_NAME,
-            load_networks,
-            read_config,
-            read_progress,
-            read_stage,
-        )
+        """NotACheckpointError when `directory` holds no ganforge checkpoint,
+        DamagedCheckpointError when it holds one that cannot be read."""
+        from trainers.checkpoint import load_networks, read_config, read_progress, read_stage
         from trainers.sampling import Sampler
 
-        if not (directory / CONFIG_NAME).is_file():
-            raise NotACheckpointError(f"{directory}: not a ganforge checkpoint")
-        config, stage = read_config(directory), read_stage(directory)
-        networks = load_networks(directory, device)
+        check_checkpoint(directory)
+        try:
+            config, stage = read_config(directory), read_stage(directory)
+            networks = load_networks(directory, device)
+            progress = read_progress(directory)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:  # torch.load: RuntimeError
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise DamagedCheckpointError(
+                f"{directory} is damaged: {type(error).__name__}: {first}"
+            ) from error
         return cls(
             Sampler.of(networks["G"], config.family.prior, stage.resolution, stage.fade_alpha),
             config.data,
             list(config.metrics),
-            read_progress(directory).kimg,
+            progress.kimg,
             networks["D"],
             config.family.metrics(),
         )

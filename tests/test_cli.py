@@ -1,4 +1,5 @@
-"""The command line as users type it: --help everywhere, usage errors exit 2 naming the option."""
+"""The command line as users type it: --help everywhere, options from the config's fields, a
+params file under the command line. Its mistakes are tests/test_cli_mistakes.py's."""
 
 from __future__ import annotations
 
@@ -14,56 +15,6 @@ def test_every_command_has_help(command):
     result = ganforge(*command, "--help")
     assert result.returncode == 0
     assert "Usage: ganforge" in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "named"),
-    [
-        (["--max-resolution", "48"], "--max-resolution: Value error, must be a power of two"),
-        (["--max-resolution", "2048"], "--max-resolution"),
-        (["--shard-size", "0"], "--shard-size"),
-        (["--max-reject-fraction", "1.5"], "--max-reject-fraction"),
-        (["--source", "folder"], "needs --input PATH"),
-        (["--source", "celebahq"], "'celebahq' is not one of 'synthetic', 'folder'"),
-        (["--num-images", "ten"], "Invalid value for '--num-images'"),
-        (["--frobnicate"], "No such option: --frobnicate"),
-    ],
-)
-def test_bad_usage_exits_2_naming_the_option(args, named, tmp_path):
-    result = ganforge("data", "build", "--out", str(tmp_path / "out"), *args)
-    assert result.returncode == 2, result.stderr
-    assert named in result.stderr
-    assert not (tmp_path / "out").exists()  # nothing started, nothing written
-
-
-def test_missing_input_folder_exits_2(tmp_path, subprocess_env):
-    result = ganforge(
-        "data",
-        "build",
-        "--source",
-        "folder",
-        "--input",
-        str(tmp_path / "nope"),
-        "--out",
-        str(tmp_path / "out"),
-        env=subprocess_env,
-    )
-    assert result.returncode == 2
-    assert f"--input {tmp_path / 'nope'} does not exist" in result.stderr
-
-
-def test_params_file_with_unknown_key_exits_2_naming_it(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("build_dataset:\n  source: synthetic\n  shard_sise: 10\n")
-    result = ganforge("data", "build", "--params", str(params))
-    assert result.returncode == 2
-    assert "--shard-sise: Extra inputs are not permitted" in result.stderr
-
-
-def test_verify_of_a_folder_without_manifest_exits_2(tmp_path):
-    result = ganforge("data", "verify", str(tmp_path))
-    assert result.returncode == 2
-    assert "manifest.json is missing" in result.stderr and "ganforge data build" in result.stderr
 
 
 def test_build_help_explains_every_config_field_with_its_default():

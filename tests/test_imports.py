@@ -4,6 +4,8 @@ read, changed and tested without the module itself coming back through them."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -145,3 +147,13 @@ def test_the_walk_finds_a_cycle_through_a_package_and_ignores_lazy_imports(tmp_p
         "shop.prices.tax",
         "shop",
     ]
+
+
+def test_the_command_line_starts_without_the_heavy_packages():
+    """`ganforge` checks what it was given before Prefect, Ray, MLflow or torch are imported
+    (seconds each): importing the command line imports none of them."""
+    heavy = ("prefect", "ray", "mlflow", "torch")
+    probe = f"import sys, pipelines.cli; print(sorted(set(sys.modules) & set({heavy!r})))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -115,9 +116,13 @@ def test_sample_and_evaluate_from_the_registry_match_the_checkpoint(
 
     scores = {}
     for kind, source in (("model", uri), ("checkpoint", str(checkpoint))):
-        result = ganforge("evaluate", f"--{kind}", source, "--metrics", "swd1k", env=env)
+        out = tmp_path / f"new-{kind}" / "metrics.json"  # its folder does not exist yet
+        result = ganforge("evaluate", f"--{kind}", source, "--metrics", "swd1k", "--out",
+                          str(out), env=env)  # fmt: skip
         assert result.returncode == 0, result.stderr
         scores[kind] = dict(line.split() for line in result.stdout.splitlines())
+        written = json.loads(out.read_text())["metrics"]["swd1k"]
+        assert written == pytest.approx(float(scores[kind]["swd1k"]), rel=1e-5)  # printed: 6 digits
     assert float(scores["model"]["swd1k"]) == pytest.approx(float(scores["checkpoint"]["swd1k"]))
 
 

@@ -23,14 +23,11 @@ import numpy as np
 import torch
 
 from trainers.ema import sampled_generator
+from trainers.run_storage import CONFIG_NAME, PROGRESS_NAME, STATE_NAME
 from trainers.schedule import GrowthSchedule, Stage
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
-
-STATE_NAME = "state.pt"
-CONFIG_NAME = "config.json"
-PROGRESS_NAME = "progress.json"
 
 
 @dataclass

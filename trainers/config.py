@@ -8,6 +8,7 @@ keys are errors (extra="forbid") so a typo never trains with a silently ignored 
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from trainers.families import FAMILIES, Family, family_config_union, family_of
 from trainers.families.base import Strict
+from trainers.files import read_yaml, yaml_problem
 from trainers.metrics import NAME_PATTERN, check_metric_names
 from trainers.schedule import GrowthSchedule
 
@@ -149,9 +151,18 @@ def _owner(root: type[BaseModel], location: list[str]) -> type[BaseModel]:
     return owner
 
 
-def describe_validation_error(error: ValidationError, root: type[BaseModel] | None = None) -> str:
-    """One line per problem, naming the key as a dotted path; an unknown key also lists the
-    keys allowed at that place (in `root`, TrainConfig by default), so a typo is fixed without
+def _dotted(location: list[str]) -> str:
+    return ".".join(location) or "config"
+
+
+def describe_validation_error(
+    error: ValidationError,
+    root: type[BaseModel] | None = None,
+    name: Callable[[list[str]], str] = _dotted,
+) -> str:
+    """One line for all problems, each naming its key (as a dotted path; `name` may spell it
+    otherwise, e.g. as a command-line option, "" for none); an unknown key also lists the keys
+    allowed at that place (in `root`, TrainConfig by default), so a typo is fixed without
     opening the source."""
     lines = []
     for item in error.errors():
@@ -163,7 +174,8 @@ def describe_validation_error(error: ValidationError, root: type[BaseModel] | No
         tagged = len(location) > 2 and location[0] == "model" and location[1] in FAMILIES
         if tagged:
             del location[1]  # pydantic's union tag is not part of the key the user wrote
-        lines.append(f"{'.'.join(location) or 'config'}: {message}")
+        key = name(location)
+        lines.append(f"{key}: {message}" if key else message)
     return "; ".join(lines)
 
 
@@ -180,13 +192,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {override!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(text)
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {override!r}: {yaml_problem(error)}") from None
     return result
 
 
 def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a preset, apply `--set` overrides, validate (pydantic.ValidationError on bad keys)."""
-    raw = yaml.safe_load(Path(path).read_text())
+    """Read a preset, apply `--set` overrides, validate (pydantic.ValidationError on bad keys;
+    ValueError for malformed YAML, OSError for a file that cannot be read)."""
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys")
+        raise ValueError("expected a mapping of config keys")
     return TrainConfig.model_validate(apply_overrides(raw, list(overrides)))

@@ -1,5 +1,5 @@
-"""Locations and local files: the one test of whether a location is a URL or a local path, and
-the one atomic file write."""
+"""Locations and local files: the one test of whether a location is a URL or a local path, the
+one check that an output can be written, the one atomic file write, and the one YAML reader."""
 
 from __future__ import annotations
 
@@ -8,13 +8,52 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def is_url(location: str | Path) -> bool:
     """A URL (s3://BUCKET/PREFIX, sqlite:///mlflow.db, file:///...), not a local path: what
     every option that takes "a folder or a URL" (--data, --storage, a tracking URI) tells apart."""
     return "://" in str(location)
+
+
+def output_problem(path: str | Path, *, folder: bool) -> str | None:
+    """Why `path` cannot be written as a folder (to write in) or as a file (to replace), or
+    None when it can. Checked before any work starts, so a mistake costs no build or run."""
+    path = Path(path).absolute()
+    if path.exists():
+        if path.is_dir() != folder:
+            return "is a file; give a folder" if folder else "is a folder; give a file name"
+        nearest = path if folder else path.parent
+    else:
+        nearest = path.parent
+        while not nearest.exists():  # what would be created, down from the nearest that exists
+            nearest = nearest.parent
+        if not nearest.is_dir():
+            return f"{nearest} is a file, not a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"cannot write in {nearest} (permission denied); choose another place"
+    return None
+
+
+def yaml_problem(error: Exception) -> str:
+    """A YAML syntax error in one line: where, then what (PyYAML's own text spans 4-5 lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"invalid YAML{where}: {problem}"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; ValueError naming the place of a syntax error (the caller names
+    the file), OSError when it cannot be read."""
+    import yaml
+
+    text = Path(path).read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(yaml_problem(error)) from None
 
 
 @contextmanager

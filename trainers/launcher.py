@@ -23,7 +23,12 @@ from pathlib import Path, PurePosixPath
 from trainers.config import TrainConfig
 from trainers.console import TrainingMonitor, display
 from trainers.data.format import MANIFEST_NAME
-from trainers.data.storage import DatasetNotFoundError, load_manifest
+from trainers.data.storage import (
+    DatasetCorruptedError,
+    DatasetNotFoundError,
+    load_manifest,
+    rebuild_command,
+)
 from trainers.files import is_url
 from trainers.lineage import lineage_tags
 from trainers.run_storage import RunStorage
@@ -116,17 +121,18 @@ def check_dataset(config: TrainConfig) -> None:
     """Every resolution the run trains must be in the dataset; else a LaunchError that names
     what is missing and the command that builds it."""
     root = config.data  # a folder or s3://BUCKET/PREFIX
-    build = f"ganforge data build --out {config.data} --max-resolution {config.model.resolution}"
     try:
         manifest = load_manifest(root)
     except DatasetNotFoundError:
+        build = f"ganforge data build --out {root} --max-resolution {config.model.resolution}"
         raise LaunchError(
             f"no dataset at {root} (no {MANIFEST_NAME}); build it with `{build}`"
         ) from None
-    except OSError as error:  # S3 unreachable or access denied
+    except (OSError, DatasetCorruptedError) as error:  # S3 unreachable, access denied
         raise LaunchError(f"cannot read the dataset at {root}: {error}") from None
     missing = [r for r in config.resolutions if not manifest.shards_at(r)]
     if missing:
+        build = rebuild_command(root, manifest, config.model.resolution)
         raise LaunchError(
             f"dataset {root} has no shards at resolution {missing} (it has "
             f"{manifest.resolutions}); build them with `{build}`"

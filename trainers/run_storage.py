@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # trainers.checkpoint imports torch: the launcher starts Ray 
     from trainers.checkpoint import Progress
 
 CHECKPOINT_PREFIX = "checkpoint_"
+# The files rank 0 writes into a checkpoint (trainers.checkpoint), named here, where nothing
+# imports torch: the command line checks a --checkpoint folder before importing it.
+STATE_NAME = "state.pt"
+CONFIG_NAME = "config.json"
+PROGRESS_NAME = "progress.json"
 
 
 class RunStorage:
@@ -80,7 +85,7 @@ class RunStorage:
         return max(found)[1] if found else None
 
     def read_progress(self, run: str, checkpoint: str) -> Progress:
-        from trainers.checkpoint import PROGRESS_NAME, Progress
+        from trainers.checkpoint import Progress
 
         with self.filesystem.open_input_stream(self._path(run, checkpoint, PROGRESS_NAME)) as f:
             return Progress.from_json(json.loads(f.read()))
@@ -88,7 +93,7 @@ class RunStorage:
     def _complete_checkpoints(self, run: str) -> Iterator[tuple[str, Progress]]:
         """(name, progress record) of every checkpoint holding every file its writers wrote:
         rank 0's and one RNG file per rank (a kill can interrupt a copy)."""
-        from trainers.checkpoint import CONFIG_NAME, PROGRESS_NAME, STATE_NAME, rng_name
+        from trainers.checkpoint import rng_name
 
         needed = {STATE_NAME, CONFIG_NAME, PROGRESS_NAME}
         for checkpoint in self.checkpoints(run):

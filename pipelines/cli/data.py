@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -27,14 +28,19 @@ app = typer.Typer(
 )
 
 
+def _option_name(location: list[str]) -> str:
+    """A BuildDatasetConfig field as the option that sets it (a --params key has its name)."""
+    return "--" + "-".join(location).replace("_", "-") if location else ""
+
+
 def config_error_message(error: ValidationError) -> str:
-    """Name each offending option the way the user typed it."""
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"])
-        option = f"--{field.replace('_', '-')}" if field else "options"
-        lines.append(f"{option}: {item['msg']}")
-    return "invalid build config: " + "; ".join(lines)
+    """Name each offending option the way the user typed it; list the allowed keys of an
+    unknown one."""
+    from trainers.config import describe_validation_error
+
+    return "invalid build config: " + describe_validation_error(
+        error, BuildDatasetConfig, _option_name
+    )
 
 
 def _config_option(name: str) -> inspect.Parameter:
@@ -88,6 +94,7 @@ def data_build(
     resumes where it stopped (an interrupted upload too). S3 credentials and endpoint come
     from boto3's usual chain (AWS_* variables, ~/.aws, an instance role).
     """
+    from pipelines.dataset.sources import SourceError, check_paths
     from pipelines.dataset.upload import check_bucket
     from trainers.data.storage import S3Error, S3Url, is_s3_url
 
@@ -104,9 +111,10 @@ def data_build(
                 raise ValueError(f"--out {error}") from None
             options["out"] = staging_folder(destination)
         config = BuildDatasetConfig(**options)
+        check_paths(config)
     except ValidationError as error:
         raise fail(config_error_message(error), USAGE_ERROR) from None
-    except ValueError as error:
+    except (ValueError, SourceError) as error:
         raise fail(str(error), USAGE_ERROR) from None
     if destination is not None:
         try:
@@ -115,9 +123,14 @@ def data_build(
             raise fail(f"--out: {error}", USAGE_ERROR) from None
 
     prefect_defaults()
-    from pipelines.dataset.flow import BuildFailed, build_dataset, local_run_settings
-    from pipelines.dataset.sources import SourceError
+    from pipelines.dataset.flow import (
+        WORK_DIR_NAME,
+        BuildFailed,
+        build_dataset,
+        local_run_settings,
+    )
 
+    created = not Path(config.out).exists()
     try:
         with local_run_settings():
             if destination is None:
@@ -127,7 +140,10 @@ def data_build(
 
                 published = build_dataset_to_s3(config, destination, workers=workers)
                 result = published.build
-    except SourceError as error:
+    except SourceError as error:  # found while listing: e.g. no images in --input
+        if created:  # leave no empty --out behind
+            with contextlib.suppress(OSError):
+                Path(config.out).rmdir()
         raise fail(str(error), USAGE_ERROR) from None
     except BuildFailed as error:
         raise fail(str(error), RUNTIME_ERROR) from None
@@ -135,6 +151,12 @@ def data_build(
         raise fail(
             f"upload to {destination} failed: {error}. The local build is kept in {config.out}; "
             "a re-run uploads only what S3 does not hold yet",
+            RUNTIME_ERROR,
+        ) from None
+    except OSError as error:  # a full disk, a folder removed meanwhile
+        raise fail(
+            f"the build of {config.out} failed: {error}; a re-run resumes from the inputs "
+            f"processed so far, kept in {Path(config.out) / WORK_DIR_NAME}",
             RUNTIME_ERROR,
         ) from None
     report, manifest = result.report, result.manifest
@@ -173,10 +195,17 @@ def data_verify(
 ) -> None:
     """Re-hash every shard (streamed from S3 for s3://) against DIR/manifest.json; exit 1 naming
     each missing, extra or corrupted shard."""
-    from trainers.data.storage import DatasetNotFoundError, load_manifest, verify_dataset
+    from trainers.data.storage import (
+        DatasetCorruptedError,
+        DatasetNotFoundError,
+        load_manifest,
+        verify_dataset,
+    )
 
     try:
         result = verify_dataset(directory)
+    except DatasetCorruptedError as error:  # a damaged dataset: a finding, not a mistake
+        raise fail(str(error), RUNTIME_ERROR) from None
     except (DatasetNotFoundError, ValueError) as error:  # ValueError: a malformed s3:// URL
         raise fail(str(error), USAGE_ERROR) from None
     except OSError as error:  # S3 unreachable, access denied, a shard unreadable
@@ -205,14 +234,21 @@ def data_stats(
     """Compute the real side of the configured metrics (Inception features, SWD descriptors)
     once per dataset version, beside the dataset in <data>.stats/. Metrics that need the
     Inception weights are skipped with a warning when the weights cannot be had."""
+    from trainers.config import describe_validation_error
+    from trainers.data.storage import DatasetCorruptedError, DatasetNotFoundError, load_manifest
     from trainers.metrics import RealStatisticsConfig
 
     try:
         config = RealStatisticsConfig.model_validate(params_section(params, "real_statistics"))
-    except (ValueError, ValidationError) as error:
+        load_manifest(config.data)  # no dataset: exit now, not after importing torch
+    except ValidationError as error:
+        message = describe_validation_error(error, RealStatisticsConfig)
+        raise fail(f"--params {params}: real_statistics: {message}", USAGE_ERROR) from None
+    except DatasetCorruptedError as error:
+        raise fail(str(error), RUNTIME_ERROR) from None
+    except (ValueError, DatasetNotFoundError) as error:
         raise fail(str(error), USAGE_ERROR) from None
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    from trainers.data.storage import DatasetNotFoundError
     from trainers.metrics.cache import statistics_dir
     from trainers.metrics.evaluation import Evaluation
     from trainers.metrics.inception import InceptionWeightsUnavailable

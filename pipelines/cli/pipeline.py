@@ -21,17 +21,20 @@ app = typer.Typer(
 )
 
 
-def _pipeline_config(path: Path):
-    """The validated pipeline config at `path`; exits 2 naming the bad key."""
-    from pipelines.end_to_end import PipelineConfig, load_pipeline_config
+def _pipeline_config(path: Path, root: Path = Path(".")):
+    """The validated pipeline config at `path` (its presets relative to `root`); exits 2 naming
+    the bad key, before Prefect is imported."""
+    from pipelines.pipeline_config import PipelineConfig, load_pipeline_config
     from trainers.config import describe_validation_error
 
     try:
-        return load_pipeline_config(path)
+        return load_pipeline_config(path, root)
     except ValidationError as error:
         message = describe_validation_error(error, PipelineConfig)
         raise fail(f"{path}: {message}", USAGE_ERROR) from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise fail(f"{path}: {error.strerror}", USAGE_ERROR) from None
+    except ValueError as error:
         raise fail(f"{path}: {error}", USAGE_ERROR) from None
 
 
@@ -130,13 +133,15 @@ def pipeline_deploy(
             "(`prefect server start`, then PREFECT_API_URL=http://<host>:4200/api)",
             USAGE_ERROR,
         )
-    _pipeline_config(source / config)  # a bad config fails now, not at 3 am
-    from pipelines.deploy import DeployError, deploy_pipeline
+    _pipeline_config(source / config, source)  # a bad config fails now, not at 3 am
+    from pipelines.deploy import DeployError, DeployFailed, deploy_pipeline
 
     try:
         deployment = deploy_pipeline(config, cron, name, work_pool, source)
     except DeployError as error:
         raise fail(str(error), USAGE_ERROR) from None
+    except DeployFailed as error:
+        raise fail(str(error), RUNTIME_ERROR) from None
     typer.echo(
         f"deployment ganforge-scheduled-pipeline/{name} ({deployment}) runs {config} on "
         f"'{cron}' in work pool {work_pool}; start a worker with "

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from pipelines.cli.common import RUNTIME_ERROR, USAGE_ERROR, fail
+from pipelines.cli.common import RUNTIME_ERROR, USAGE_ERROR, check_output, fail
 
 
 def train(
@@ -29,7 +29,8 @@ def train(
         str | None, typer.Option(help="Dataset folder (overrides the config's data).")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Ray Train workers (default: the config's workers).")
+        int | None,
+        typer.Option(min=1, help="Ray Train workers (default: the config's workers)."),
     ] = None,
     gpu: Annotated[
         bool, typer.Option("--gpu", help="One GPU per worker, nccl and bf16 autocast.")
@@ -69,7 +70,12 @@ def train(
     to MLflow (MLFLOW_TRACKING_URI, default ./mlflow.db). Every worker's log goes to
     <run folder>/train.log; their warnings and errors are shown here too."""
     from trainers.config import describe_validation_error, load_train_config
+    from trainers.files import is_url
 
+    if max_kimg is not None and not max_kimg > 0:  # NaN too
+        raise fail(f"--max-kimg {max_kimg:g}: must be > 0 (kimg to train to)", USAGE_ERROR)
+    if not is_url(storage):
+        check_output(storage, "--storage", folder=True)
     extra = [*(overrides or [])]
     extra += [f"data={data}"] if data is not None else []
     extra += [f"workers={workers}"] if workers is not None else []
@@ -77,7 +83,9 @@ def train(
         train_config = load_train_config(config, extra)
     except ValidationError as error:
         raise fail(f"{config}: {describe_validation_error(error)}", USAGE_ERROR) from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise fail(f"{config}: {error.strerror}", USAGE_ERROR) from None
+    except ValueError as error:
         raise fail(f"{config}: {error}", USAGE_ERROR) from None
 
     from trainers.launcher import LaunchError, LaunchRequest, TrainingFailed, launch

@@ -36,8 +36,8 @@ class BuildDatasetConfig(BaseModel):
     source: SourceKind = Field(
         SourceKind.synthetic,
         description="Where images come from: 'synthetic' (embedded procedural faces, no "
-        "download), 'folder' (a folder, .zip or .tar of jpg/png/webp/bmp, e.g. a CelebA-HQ "
-        "download named by index) or 'celeba' (CelebA in-the-wild images + --landmarks: "
+        "download), 'folder' (a folder, .zip or .tar of jpg/png/webp/bmp/gif/tiff, e.g. a "
+        "CelebA-HQ download named by index) or 'celeba' (CelebA in-the-wild images + --landmarks: "
         "CelebA-HQ-style oriented face crops, the best --num-images by quality score).",
     )
     input: Path | None = Field(
@@ -68,6 +68,12 @@ class BuildDatasetConfig(BaseModel):
         128,
         description=f"Largest power of two in the pyramid ({MIN_RESOLUTION}..{MAX_RESOLUTION}), "
         f"which holds every power of two from {MIN_RESOLUTION} up to it.",
+    )
+    max_pixels: int = Field(
+        8192 * 8192,
+        ge=1,
+        description="Refuse an input whose header declares more pixels than this (too_large), "
+        "before decoding it; a file of more than 8 bytes per allowed pixel (+16 MiB) is not read.",
     )
     shard_size: int = Field(256, ge=1, description="Samples per shard, at every resolution.")
     max_reject_fraction: float = Field(
@@ -109,8 +115,11 @@ class BuildDatasetConfig(BaseModel):
 
     def params(self) -> dict:
         """What the manifest records: every field but the locations, which differ per machine
-        while the content (covered by the source digest) does not."""
-        return self.model_dump(mode="json", exclude={"input", "out", "landmarks", "image_list"})
+        while the content (covered by the source digest) does not, and max_pixels for the
+        synthetic source, which decodes no input."""
+        locations = {"input", "out", "landmarks", "image_list"}
+        unused = {"max_pixels"} if self.source is SourceKind.synthetic else set()
+        return self.model_dump(mode="json", exclude=locations | unused)
 
     @classmethod
     def option_help(cls, name: str) -> str:

@@ -43,7 +43,7 @@ from pipelines.dataset.process import (
     warm_up,
     write_shard_group,
 )
-from pipelines.dataset.sources import InputRef, Listing, list_inputs
+from pipelines.dataset.sources import InputRef, Listing, SourceError, list_inputs, name_bytes
 from pipelines.dataset.validate import Reason
 from trainers.data.format import (
     MANIFEST_NAME,
@@ -80,7 +80,13 @@ class Selection:
     order: list[InputRecord]  # accepted inputs in the seeded shard order
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def _transient(task, task_run, state) -> bool:
+    """Retry what may pass on a second try (a read of a network filesystem), not an unusable
+    source (no images in --input): that is the user's to fix, at once."""
+    return not isinstance(state.result(raise_on_failure=False), SourceError)
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NONE)
 def ingest(config: BuildDatasetConfig) -> Listing:
     return list_inputs(config)
 
@@ -159,6 +165,8 @@ def build_report(
         "conversions": [{"path": r.path, "conversions": r.conversions} for r in converted],
         "ignored_non_images": listing.ignored,
     }
+    if config.source is not SourceKind.synthetic:
+        report["skipped"] = listing.skipped  # links to folders, tar links: not inputs
     if config.source is SourceKind.celeba:
         report["selected_by"] = "quality_score" if listing.scored else "image_list"
         report["unlisted_images"] = listing.unlisted  # in --input, not in the landmark file
@@ -169,7 +177,7 @@ def source_digest(listing: Listing, records: list[InputRecord | ScoreRecord]) ->
     """Over the listing and every input read (path and content sha256)."""
     digest = hashlib.sha256(listing.digest.encode())
     for record in sorted(records, key=lambda r: r.index):
-        digest.update(f"{record.path}\0{record.content_sha256}\n".encode())
+        digest.update(name_bytes(f"{record.path}\0{record.content_sha256}\n"))
     return digest.hexdigest()
 
 

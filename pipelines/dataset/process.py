@@ -24,7 +24,7 @@ from PIL import Image
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
 from pipelines.dataset.sources import InputRef, read_input
-from pipelines.dataset.validate import Reason, Rejected, decode, pixel_digest
+from pipelines.dataset.validate import Reason, Rejected, decode, max_file_bytes, pixel_digest
 from trainers.data.format import ShardEntry, canonical_json, sample_key, shard_name
 from trainers.files import atomic_file, write_atomic
 
@@ -69,11 +69,14 @@ def load_chunk_records(work_dir: Path, chunk_index: int) -> list[InputRecord] | 
 
 
 def _read(config: BuildDatasetConfig, ref: InputRef) -> tuple[bytes, str]:
-    """An input's raw bytes and their sha256, or Rejected(read_error)."""
+    """An input's raw bytes and their sha256, or Rejected: whatever reading it raises (a link
+    loop, a damaged archive member, an encrypted one) is this input's reject, not the build's."""
     assert config.input is not None
     try:
-        raw = read_input(Path(config.input), ref.path)
-    except OSError as error:
+        raw = read_input(Path(config.input), ref.path, max_file_bytes(config.max_pixels))
+    except Rejected:
+        raise
+    except Exception as error:
         raise Rejected(Reason.read_error, f"{type(error).__name__}: {error}") from None
     return raw, hashlib.sha256(raw).hexdigest()
 
@@ -102,10 +105,10 @@ def _source_image(config: BuildDatasetConfig, ref: InputRef, record: InputRecord
         return render_face(config.seed, ref.index, config.max_resolution)
     raw, record.content_sha256 = _read(config, ref)
     if config.source is SourceKind.celeba:
-        decoded = decode(raw, 1, draft=False)
+        decoded = decode(raw, 1, config.max_pixels, draft=False)
         image = _face_crop(decoded.image, ref, config.max_resolution)
     else:
-        decoded = decode(raw, config.max_resolution)
+        decoded = decode(raw, config.max_resolution, config.max_pixels)
         image = decoded.image
     record.conversions = decoded.conversions
     record.original_size = list(decoded.original_size)
@@ -146,7 +149,7 @@ def score_chunk(spec: ChunkSpec) -> list[ScoreRecord]:
         record = ScoreRecord(index=ref.index, path=ref.path)
         try:
             raw, record.content_sha256 = _read(spec.config, ref)
-            image = decode(raw, 1, draft=False).image
+            image = decode(raw, 1, spec.config.max_pixels, draft=False).image
             side = celeba.crop_geometry(_landmarks(ref)).side
             if side < celeba.MIN_FACE_SIDE:
                 raise Rejected(

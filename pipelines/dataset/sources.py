@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+from pipelines.dataset.validate import Reason, Rejected
+from trainers.files import output_problem
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 class SourceError(Exception):
@@ -34,6 +39,24 @@ class Listing:
     missing: list[InputRef] = field(default_factory=list)  # celeba: listed, not in --input
     unlisted: list[str] = field(default_factory=list)  # celeba: images the landmarks don't list
     scored: bool = False  # celeba without image_list: the best num_images by quality score
+    # entries neither read nor listed as ignored, each {"path", "reason"}: a symbolic link to a
+    # folder (not followed, so no link loops), a folder that cannot be listed, a tar member
+    # that is a link or a device
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def name_bytes(name: str) -> bytes:
+    """A file name as digests take it: UTF-8, and the raw bytes of a name that is not UTF-8
+    (Python holds those as surrogates; they would not encode)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _no_images(root: Path) -> SourceError:
+    return SourceError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
 def natural_key(name: str) -> list:
@@ -51,24 +74,23 @@ def list_inputs(config: BuildDatasetConfig) -> Listing:
         identity = f"synthetic-v{GENERATOR_VERSION}:seed={config.seed}:n={config.num_images}"
         return Listing(refs, [], hashlib.sha256(identity.encode()).hexdigest())
     assert config.input is not None
-    names = _archive_names(Path(config.input))
-    images = sorted(
-        (n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
-    )
-    ignored = sorted(n for n in names if PurePosixPath(n).suffix.lower() not in IMAGE_EXTENSIONS)
+    names, skipped = _archive_names(Path(config.input))
+    images = sorted(filter(is_image_name, names), key=natural_key)
+    ignored = sorted(n for n in names if not is_image_name(n))
     if config.source is SourceKind.celeba:
-        return _list_celeba(config, images, ignored)
+        return _list_celeba(config, images, ignored, skipped)
     if config.num_images is not None:
         images = images[: config.num_images]
     if not images:
-        raise SourceError(
-            f"no images in {config.input} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    listing_digest = hashlib.sha256("\n".join(images).encode()).hexdigest()
-    return Listing([InputRef(i, n) for i, n in enumerate(images)], ignored, listing_digest)
+        raise _no_images(Path(config.input))
+    listing_digest = hashlib.sha256(name_bytes("\n".join(images))).hexdigest()
+    inputs = [InputRef(i, n) for i, n in enumerate(images)]
+    return Listing(inputs, ignored, listing_digest, skipped=skipped)
 
 
-def _list_celeba(config: BuildDatasetConfig, images: list[str], ignored: list[str]) -> Listing:
+def _list_celeba(
+    config: BuildDatasetConfig, images: list[str], ignored: list[str], skipped: list[dict]
+) -> Listing:
     """The images the landmark file lists, by file name (at any depth of --input), in the
     file's order; with image_list, exactly its images, keyed by their CelebA-HQ index."""
     from pipelines.dataset import celeba
@@ -105,38 +127,163 @@ def _list_celeba(config: BuildDatasetConfig, images: list[str], ignored: list[st
     digest = hashlib.sha256()
     for part in (Path(config.landmarks), config.image_list):
         digest.update(Path(part).read_bytes() if part else b"-")
-    digest.update("\n".join(r.path for r in inputs).encode())
-    return Listing(inputs, ignored, digest.hexdigest(), missing, unlisted, chosen is None)
+    digest.update(name_bytes("\n".join(r.path for r in inputs)))
+    return Listing(inputs, ignored, digest.hexdigest(), missing, unlisted, chosen is None, skipped)
 
 
-def _archive_names(root: Path) -> list[str]:
-    """Every regular file's path relative to the folder or archive, POSIX separators."""
-    if not root.exists():
-        raise SourceError(f"--input {root} does not exist")
+def check_paths(config: BuildDatasetConfig) -> None:
+    """What the locations tell before anything runs, as a SourceError naming the option and
+    the fix: the inputs exist, --out can be written, and neither holds the other (a build whose
+    --out is inside --input would read its own output on the next run)."""
+    for option, path in (
+        ("--input", config.input),
+        ("--landmarks", config.landmarks),
+        ("--image-list", config.image_list),
+    ):
+        if path is not None and not Path(path).exists():
+            raise SourceError(f"{option} {path} does not exist")
+    for option, path in (("--landmarks", config.landmarks), ("--image-list", config.image_list)):
+        if path is not None and not Path(path).is_file():
+            raise SourceError(f"{option} {path} is not a file")
+    if config.input is not None and not _holds_images(Path(config.input)):
+        raise _no_images(Path(config.input))
+    out = Path(config.out)
+    problem = output_problem(out, folder=True)
+    if problem is not None:
+        raise SourceError(f"--out {out}: {problem}")
+    if config.input is not None:
+        source, target = Path(config.input).resolve(), out.resolve()
+        if target.is_relative_to(source):
+            raise SourceError(
+                f"--out {out} is inside --input {config.input}: the next build would read its "
+                "own output; write the dataset outside the input"
+            )
+        if source.is_relative_to(target):
+            raise SourceError(
+                f"--input {config.input} is inside --out {out}, which the build rewrites; "
+                "write the dataset elsewhere"
+            )
+
+
+def _archive_kind(root: Path) -> type[zipfile.ZipFile] | type[tarfile.TarFile] | None:
+    """None for a folder, else the archive class; SourceError when it is neither."""
+    if root.is_dir():
+        return None
     try:
-        if root.is_dir():
-            return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         if zipfile.is_zipfile(root):
-            with zipfile.ZipFile(root) as archive:
-                return [i.filename for i in archive.infolist() if not i.is_dir()]
+            return zipfile.ZipFile
         if tarfile.is_tarfile(root):
-            with tarfile.open(root) as archive:
-                return [m.name for m in archive.getmembers() if m.isfile()]
-    except (OSError, zipfile.BadZipFile, tarfile.TarError) as error:
-        raise SourceError(f"cannot read --input {root}: {error}") from error
+            return tarfile.TarFile
+    except OSError as error:
+        raise SourceError(f"cannot read --input {root}: {error.strerror}") from None
     raise SourceError(f"--input {root} is neither a folder nor a .zip or .tar archive")
 
 
-def read_input(root: Path, name: str) -> bytes:
-    """Raw bytes of one input (runs in pool workers; archives are opened once per process)."""
+def _holds_images(root: Path) -> bool:
+    """Whether the folder or archive holds a file named like an image: a walk that stops at
+    the first, where the listing reads every name."""
+    kind = _archive_kind(root)
+    try:
+        if kind is None:
+            return any(is_image_name(n) for _, _, files in os.walk(root) for n in files)
+        if kind is zipfile.ZipFile:
+            with zipfile.ZipFile(root) as archive:
+                return any(is_image_name(i.filename) for i in archive.infolist() if not i.is_dir())
+        with tarfile.open(root) as archive:
+            return any(is_image_name(m.name) for m in archive if m.isfile())
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise SourceError(f"cannot read --input {root}: {error}") from None
+
+
+def _archive_names(root: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Every file's path relative to the folder or archive (POSIX separators), and the entries
+    skipped with why (Listing.skipped)."""
+    if not root.exists():
+        raise SourceError(f"--input {root} does not exist")
+    kind = _archive_kind(root)
+    try:
+        if kind is None:
+            return _folder_names(root)
+        if kind is zipfile.ZipFile:
+            with zipfile.ZipFile(root) as archive:
+                return [i.filename for i in archive.infolist() if not i.is_dir()], []
+        with tarfile.open(root) as archive:
+            members = archive.getmembers()
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise SourceError(f"cannot read --input {root}: {error}") from error
+    skipped = [
+        {"path": m.name, "reason": f"{_member_kind(m)} member, not read"}
+        for m in members
+        if not (m.isfile() or m.isdir())
+    ]
+    return [m.name for m in members if m.isfile()], skipped
+
+
+def _folder_names(root: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Every non-folder entry under root (a broken link or a link loop too: reading it rejects
+    it with the reason). Links to folders are not followed, so no loop can be walked."""
+    names, skipped = [], []
+
+    def cannot_list(error: OSError) -> None:
+        path = Path(error.filename).relative_to(root).as_posix()
+        skipped.append({"path": path, "reason": f"folder not listed: {error.strerror}"})
+
+    for folder, subfolders, files in os.walk(root, onerror=cannot_list):
+        here = Path(folder)
+        names += [(here / name).relative_to(root).as_posix() for name in files]
+        skipped += [
+            {"path": (here / name).relative_to(root).as_posix(), "reason": "link to a folder"}
+            for name in subfolders
+            if (here / name).is_symlink()
+        ]
+    return names, sorted(skipped, key=lambda s: s["path"])
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symbolic link (to {member.linkname})"
+    if member.islnk():
+        return f"hard link (to {member.linkname})"
+    return "device or fifo"
+
+
+def _unsafe_name(name: str) -> bool:
+    """An archive member named to leave the archive ('..' parts, an absolute path or a drive):
+    never read, whatever it holds."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or ".." in PurePosixPath(posix).parts or posix[1:2] == ":"
+
+
+def read_input(root: Path, name: str, max_bytes: int) -> bytes:
+    """Raw bytes of one input (runs in pool workers; archives are opened once per process).
+    Rejected for a member named to leave the archive, a file over max_bytes or not a regular
+    file; OSError (or an archive's own error) when it cannot be read."""
     if root.is_dir():
-        return (root / name).read_bytes()
+        # O_NONBLOCK: a fifo named like an image must not hang the build (no effect on files).
+        with os.fdopen(os.open(root / name, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            status = os.fstat(file.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise Rejected(Reason.read_error, "not a regular file")
+            return _capped(file, status.st_size, max_bytes)
+    if _unsafe_name(name):
+        raise Rejected(Reason.unsafe_path, "the member's name leaves the archive")
     archive = _open_archive(root)
     if isinstance(archive, zipfile.ZipFile):
-        return archive.read(name)
-    member = archive.extractfile(_tar_members(root)[name])
+        with archive.open(name) as member:
+            return _capped(member, archive.getinfo(name).file_size, max_bytes)
+    info = _tar_members(root)[name]
+    member = archive.extractfile(info)
     assert member is not None
-    return member.read()
+    return _capped(member, info.size, max_bytes)
+
+
+def _capped(stream: BinaryIO, size: int, max_bytes: int) -> bytes:
+    """The stream's bytes; Rejected(too_large) past max_bytes, as declared or as read (an
+    archive's declared size may lie), so no input costs more memory than that."""
+    data = stream.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise Rejected(Reason.too_large, f"{max(size, len(data)):,} bytes > {max_bytes:,}")
+    return data
 
 
 @cache

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -13,6 +15,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Transparent pixels are composited onto this colour so the same file always gives the same RGB.
 ALPHA_BACKGROUND = (255, 255, 255)
+# The decoders tried on an input's bytes, whatever its extension says (JPEG's also opens a
+# camera's MPO). Others are not_an_image: a hostile file named .jpg never reaches e.g. the EPS
+# decoder, which runs Ghostscript.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Bytes per pixel of the widest input (16-bit RGBA, uncompressed): a file larger than this many
+# bytes per allowed pixel, plus room for metadata, holds more pixels than allowed or junk.
+MAX_BYTES_PER_PIXEL = 8
+METADATA_BYTES = 16 << 20
 
 
 class Reason(StrEnum):
@@ -20,8 +30,10 @@ class Reason(StrEnum):
     not_an_image = "not_an_image"  # no decoder recognises the bytes (e.g. text named .jpg)
     undecodable = "undecodable"  # recognised but decoding failed (truncated, corrupt)
     too_small = "too_small"  # shorter side below the requested max resolution
+    too_large = "too_large"  # more pixels than --max-pixels (by its header), or a bigger file
     duplicate = "duplicate"  # same decoded pixels as an earlier input
     read_error = "read_error"  # the file could not be read from the source
+    unsafe_path = "unsafe_path"  # an archive member named with '..' or an absolute path
     missing = "missing"  # celeba: listed in the landmark file (or image list), not in --input
     bad_landmarks = "bad_landmarks"  # celeba: the landmarks put the face outside the image
 
@@ -40,8 +52,15 @@ class Decoded:
     conversions: list[str] = field(default_factory=list)
 
 
-def decode(raw: bytes, min_side: int, *, draft: bool = True) -> Decoded:
-    """Decode and normalise to 8-bit RGB, or raise Rejected.
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest input file read: max_pixels at the widest sample format, plus metadata."""
+    return MAX_BYTES_PER_PIXEL * max_pixels + METADATA_BYTES
+
+
+def decode(raw: bytes, min_side: int, max_pixels: int, *, draft: bool = True) -> Decoded:
+    """Decode and normalise to 8-bit RGB (the first frame of an animation), or raise Rejected:
+    any failure of the decoder is a reject, never an exception that escapes. More pixels than
+    max_pixels are refused from the header, before any pixel is decoded.
 
     JPEGs are decoded with draft scaling (DCT-domain downscale) to the smallest size that still
     covers min_side: the same bytes always give the same pixels, at a fraction of the cost.
@@ -50,34 +69,53 @@ def decode(raw: bytes, min_side: int, *, draft: bool = True) -> Decoded:
     if not raw:
         raise Rejected(Reason.empty_file, "0 bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
+        with _decoder_settings():
+            image = Image.open(io.BytesIO(raw), formats=FORMATS)
     except UnidentifiedImageError:
         raise Rejected(Reason.not_an_image, "no image decoder recognises the bytes") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
+    except Exception as error:  # a decoder may raise anything on hostile bytes
         raise Rejected(Reason.undecodable, f"{type(error).__name__}: {error}") from None
     original_size = image.size
-    if min(original_size) < min_side:
+    width, height = original_size
+    if width * height > max_pixels:
         raise Rejected(
-            Reason.too_small, f"{original_size[0]}x{original_size[1]} < {min_side}x{min_side}"
+            Reason.too_large, f"{width}x{height} = {width * height:,} pixels > {max_pixels:,}"
         )
+    if min(original_size) < min_side:
+        raise Rejected(Reason.too_small, f"{width}x{height} < {min_side}x{min_side}")
     conversions: list[str] = []
     try:
-        if draft and image.format == "JPEG" and image.mode in ("RGB", "L"):
-            # Rotated EXIF orientations swap axes; draft only needs the shorter side to cover.
-            image.draft(image.mode, (min_side, min_side))
-        image.load()
-        oriented = ImageOps.exif_transpose(image)
-        if oriented is not image:
-            orientation = image.getexif().get(0x0112)
-            if orientation not in (None, 1):
-                conversions.append(f"exif_orientation_{orientation}")
-            image = oriented
-        image = _to_rgb(image, conversions)
-    except (OSError, SyntaxError, ValueError) as error:
+        with _decoder_settings():
+            if getattr(image, "is_animated", False):  # the first frame is the one decoded
+                conversions.append("first_frame")
+            if draft and image.format == "JPEG" and image.mode in ("RGB", "L"):
+                # Rotated EXIF orientations swap axes; draft only needs the shorter side to cover.
+                image.draft(image.mode, (min_side, min_side))
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            if oriented is not image:
+                orientation = image.getexif().get(0x0112)
+                if orientation not in (None, 1):
+                    conversions.append(f"exif_orientation_{orientation}")
+                image = oriented
+            image = _to_rgb(image, conversions)
+    except Exception as error:  # truncated, corrupt, or a mode no conversion handles
         raise Rejected(Reason.undecodable, f"{type(error).__name__}: {error}") from None
     return Decoded(image=image, original_size=original_size, conversions=conversions)
+
+
+@contextmanager
+def _decoder_settings() -> Iterator[None]:
+    """Pillow's own decompression-bomb check off: decode refuses over max_pixels itself, with
+    the sizes in the reason (Pillow's raises from inside open, at a limit of its own). Its
+    warnings about damaged metadata off: a hostile file must not flood the build's output."""
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:

@@ -96,5 +96,7 @@ class Manifest(BaseModel):
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Stable JSON bytes: sorted keys, fixed separators, trailing newline."""
-    return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+    """Stable JSON bytes: sorted keys, fixed separators, trailing newline. A file name that is
+    not UTF-8 (held as surrogates) is written as JSON's \\udcXX escape, which reads back as it."""
+    text = json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")

@@ -31,7 +31,12 @@ from PIL import Image
 
 from trainers.data import storage
 from trainers.data.format import IMAGE_EXTENSION
-from trainers.data.storage import DatasetNotFoundError, dataset_at, load_manifest
+from trainers.data.storage import (
+    DatasetNotFoundError,
+    dataset_at,
+    load_manifest,
+    rebuild_command,
+)
 
 log = logging.getLogger(__name__)
 # For webdataset used directly on our S3 shards (wds.WebDataset("s3://...")); ShardReader opens
@@ -150,10 +155,10 @@ class ShardReader:
         manifest = load_manifest(root)
         shards = manifest.shards_at(resolution)
         if not shards:
+            build = rebuild_command(root, manifest, max(resolution, *manifest.resolutions))
             raise DatasetNotFoundError(
                 f"{root} has no shards at resolution {resolution} (it has "
-                f"{manifest.resolutions}); build them with `ganforge data build --out {root} "
-                f"--max-resolution {max(resolution, max(manifest.resolutions))}`"
+                f"{manifest.resolutions}); build them with `{build}`"
             )
         self._dataset = dataset_at(root)
         self._shards = {self._dataset.url(s.path): s for s in shards}

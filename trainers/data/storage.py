@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from trainers.data.format import MANIFEST_NAME, Manifest, ShardEntry, resolution_dir
 
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class DatasetNotFoundError(FileNotFoundError):
     """No complete dataset (no manifest) at a path, or not the needed resolution."""
+
+
+class DatasetCorruptedError(ValueError):
+    """A dataset whose manifest is not a ganforge manifest: damaged, a finding at run time."""
 
 
 def sha256_stream(stream: BinaryIO, chunk_bytes: int = 1 << 20) -> str:
@@ -333,6 +337,12 @@ def dataset_at(root: str | Path) -> LocalDataset | S3Dataset:
 
 
 def load_manifest(root: str | Path) -> Manifest:
+    """DatasetNotFoundError when there is no manifest, DatasetCorruptedError when it is not a
+    ganforge manifest."""
+    if not is_s3_url(root) and Path(root).is_file():
+        raise DatasetNotFoundError(
+            f"{root} is a file; give the dataset folder (the one holding {MANIFEST_NAME})"
+        )
     try:
         data = dataset_at(root).read(MANIFEST_NAME)
     except FileNotFoundError as error:
@@ -340,7 +350,28 @@ def load_manifest(root: str | Path) -> Manifest:
             f"no dataset at {root}: {error} (build one with "
             f"`ganforge data build --source synthetic --out {root}`)"
         ) from None
-    return Manifest.model_validate_json(data)
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as error:  # not JSON, or not our schema
+        raise DatasetCorruptedError(
+            f"corrupted: {dataset_at(root).url(MANIFEST_NAME)} is not a ganforge manifest "
+            f"({error.errors()[0]['msg']})"
+        ) from None
+
+
+def rebuild_command(root: str | Path, manifest: Manifest, max_resolution: int) -> str:
+    """The `ganforge data build` that makes the dataset at root again, as its manifest records
+    it, up to max_resolution (the locations of its inputs are not recorded: named in capitals)."""
+    params = manifest.params | {"max_resolution": max_resolution}
+    source = params.pop("source", "synthetic")
+    inputs = {"folder": ["--input INPUT"], "celeba": ["--input INPUT", "--landmarks FILE"]}
+    options = [
+        f"--{key.replace('_', '-')} {value}" for key, value in params.items() if value is not None
+    ]
+    return " ".join(
+        ["ganforge data build", f"--source {source}", *inputs.get(source, []), *options]
+        + [f"--out {root}"]
+    )
 
 
 class VerifyResult(BaseModel):
