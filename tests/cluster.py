@@ -66,6 +66,29 @@ def parent_pid(pid: int) -> int:
     return int(_stat(pid)[1])
 
 
+def processes_titled(title: bytes, roots: set[int]) -> list[int]:
+    """Pids, in order, of the processes whose command line holds `title` (Ray's titles, e.g.
+    b"RayTrainWorker") and that run under one of `roots` (a `ganforge train` process, a
+    cluster's raylets): never another run's on the machine, nor the data-loader processes a
+    titled process forked (they inherit its title)."""
+    parents, titled = {}, set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                parents[int(proc.name)] = parent_pid(int(proc.name))
+                if title in (proc / "cmdline").read_bytes():
+                    titled.add(int(proc.name))
+        except OSError:
+            continue
+
+    def under_roots(pid: int) -> bool:
+        while pid > 1 and pid not in roots:
+            pid = parents.get(pid, 1)
+        return pid in roots
+
+    return sorted(pid for pid in titled if parents[pid] not in titled and under_roots(pid))
+
+
 class LocalCluster:
     """`nodes` raylets of `cpus_per_node` CPUs each; the first is the head."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cluster import processes_titled
 from tests.configs import tiny_overrides
 from tests.conftest import REPO, ganforge
 from tests.console import assert_plain_console
@@ -289,16 +290,9 @@ def test_resume_continues_the_same_mlflow_run(
     assert len(steps) == len(set(steps)) == 6
 
 
-def _train_worker_pids() -> list[int]:
-    """Processes of Ray Train workers (Ray titles them ray::RayTrainWorker...)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+def _train_worker_pids(cluster) -> list[int]:
+    """The Ray Train worker processes (Ray titles them ray::RayTrainWorker...) on `cluster`."""
+    return processes_titled(b"RayTrainWorker", set(cluster.raylets))
 
 
 def _wait_for(predicate, process, what: str, log: Path, timeout: float = 300):
@@ -345,7 +339,7 @@ def _past_first_checkpoint(run_name: str, overrides: list[str], dataset: Path, c
 
 
 def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
-    small_dataset, train_env, mlflow_client, tmp_path
+    small_dataset, train_env, mlflow_client, ray_cluster, tmp_path
 ):
     """max_failures=1: a SIGKILLed worker restarts the group from the latest checkpoint
     (kimg resumes there); a second kill exhausts it, exit 1 names the checkpoint and the
@@ -354,10 +348,10 @@ def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
     overrides = _long_overrides("total_kimg=4.8")
     log = tmp_path / "output.log"
     with _past_first_checkpoint("survivor", overrides, small_dataset, tmp_path, train_env) as run:
-        os.kill(_train_worker_pids()[-1], signal.SIGKILL)
+        os.kill(_train_worker_pids(ray_cluster)[-1], signal.SIGKILL)
         _wait_for(lambda: "resumed at kimg" in run_log(tmp_path, "survivor"), run, "restart", log)
-        _wait_for(lambda: len(_train_worker_pids()) == 2, run, "restarted workers", log)
-        os.kill(_train_worker_pids()[-1], signal.SIGKILL)
+        _wait_for(lambda: len(_train_worker_pids(ray_cluster)) == 2, run, "restarted workers", log)
+        os.kill(_train_worker_pids(ray_cluster)[-1], signal.SIGKILL)
         assert run.wait(timeout=300) == 1
     output = log.read_text()
     assert_plain_console(output, trainings=1)  # its final line says it failed
@@ -392,7 +386,8 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     env = train_env | {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
     try:
         with _past_first_checkpoint("elastic", overrides, small_dataset, tmp_path, env) as run:
-            raylets = {ray_cluster.raylet_of(pid) for pid in _train_worker_pids()}
+            ours = _train_worker_pids(ray_cluster)
+            raylets = {ray_cluster.raylet_of(pid) for pid in ours}
             assert len(raylets) == 2 and head in raylets  # one rank per node
             (lost,) = raylets - {head}
             ray_cluster.kill_raylet(lost)
