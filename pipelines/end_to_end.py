@@ -115,6 +115,20 @@ def _is_training_failure(task, task_run, state) -> bool:
     return False
 
 
+def resumable(storage: Path, run_name: str) -> bool:
+    """Whether an earlier attempt (a retry, or a killed pipeline run) left a checkpoint of the
+    run to resume. One that failed before its first checkpoint left nothing to resume: its
+    folder (with the log of that failure) moves aside, so the run starts afresh under its name."""
+    from trainers.run_storage import RunStorage
+
+    if RunStorage(storage).checkpoints(run_name):
+        return True
+    if (storage / run_name).exists():
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        (storage / run_name).rename(storage / f"{run_name}.failed-{stamp}")
+    return False
+
+
 @task(retries=1, retry_condition_fn=_is_training_failure, cache_policy=NONE)
 def train(
     config: TrainConfig, storage: Path, parent_run_id: str, tracking_uri: str, key: str
@@ -122,11 +136,10 @@ def train(
     """One Ray Train job, nested under the pipeline's MLflow run; resumes its own latest
     checkpoint when an earlier attempt (a retry, or a killed pipeline run) left one."""
     from trainers.launcher import LaunchRequest, launch
-    from trainers.run_storage import RunStorage
 
     family = config.model.family
     run_name = f"{family}-{key[:12]}"  # the same on a retry and in a later pipeline run
-    resume = bool(RunStorage(storage).checkpoints(run_name))
+    resume = resumable(storage, run_name)
     result = launch(
         LaunchRequest(
             config=config,

@@ -309,3 +309,21 @@ def test_deployment_on_a_real_prefect_server_keeps_its_schedule_and_runs(project
             )  # fmt: skip
             state = client.read_flow_run(flow_run.id).state
         assert state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
+
+
+def test_a_retried_training_resumes_its_checkpoint_or_starts_afresh(tmp_path):
+    """A pipeline's training retried after a failure: it resumes the checkpoint an earlier
+    attempt left; an attempt that failed before its first checkpoint has its folder (and log)
+    moved aside, so the launcher does not refuse the run name as taken."""
+    from pipelines.end_to_end import resumable
+
+    assert not resumable(tmp_path, "began-0123")  # never tried
+    (tmp_path / "began-0123").mkdir()
+    (tmp_path / "began-0123" / "train.log").write_text("the first attempt's failure\n")
+    assert not resumable(tmp_path, "began-0123")
+    assert not (tmp_path / "began-0123").exists()
+    (aside,) = tmp_path.glob("began-0123.failed-*")
+    assert (aside / "train.log").read_text() == "the first attempt's failure\n"
+    (tmp_path / "began-0123" / "checkpoint_2026-12-06_15-22-31.000001").mkdir(parents=True)
+    assert resumable(tmp_path, "began-0123")
+    assert (tmp_path / "began-0123").exists()
