@@ -15,7 +15,7 @@ from trainers.config import TrainConfig, apply_overrides
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "train"
 
 TINY_MODELS = {
-    "wgan_gp": {"base_channels": 4, "n_critic": 2},
+    "wgan_gp": {"channels": 4, "n_critic": 2},
     "began": {"channels": 8, "latent_dim": 8},
     "progan": {
         "resolution": 16,

@@ -38,7 +38,7 @@ class BeganOptimizers(Strict):
 class BeganConfig(FixedResolutionConfig):
     family: Literal["began"] = "began"
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
-    channels: int = Field(default=64, ge=1)  # n = 64 filters in the paper's nets
+    channels: int = Field(default=64, ge=1)  # filters next to the image: the paper's n = 64
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
     lambda_k: float = Field(default=0.001, gt=0)  # λ_k: k_t's proportional gain
     k_initial: float = Field(default=0.0, ge=0, le=1)  # k_0 = 0 in the paper
