@@ -171,15 +171,15 @@ def reconstructions(real: float, fake: float) -> dict[str, torch.Tensor]:
     }
 
 
-def test_began_k_update_and_convergence_measure():
+def test_began_k_update_and_m_global_of_the_batch():
     loss = began_loss(gamma=0.5, lambda_k=0.1, k_initial=0.2)
     extra = loss.end_step(reconstructions(real=0.4, fake=0.1))
     balance = 0.5 * torch.tensor(0.4, dtype=torch.float64) - torch.tensor(0.1, dtype=torch.float64)
     assert extra["k_t"].dtype == torch.float64
     assert torch.allclose(extra["k_t"], 0.2 + 0.1 * balance, atol=1e-6)
-    assert torch.allclose(extra["convergence"], 0.4 + balance.abs(), atol=1e-6)
+    assert torch.allclose(extra["m_global_batch"], 0.4 + balance.abs(), atol=1e-6)
     extra = loss.end_step(reconstructions(real=0.1, fake=0.5))  # balance −0.45 < 0
-    assert torch.allclose(extra["convergence"].float(), torch.tensor(0.1 + 0.45), atol=1e-6)
+    assert torch.allclose(extra["m_global_batch"].float(), torch.tensor(0.1 + 0.45), atol=1e-6)
 
 
 @pytest.mark.parametrize(("real", "fake", "bound"), [(1.0, 0.0, 1.0), (0.0, 1.0, 0.0)])
@@ -216,6 +216,6 @@ def test_began_phases_through_a_loop_step(tmp_path):
     assert torch.allclose(metrics["D/reconstruction_real"], expected_real, atol=1e-6)
     expected_d = metrics["D/reconstruction_real"] - 0.5 * metrics["D/reconstruction_fake"]
     assert torch.allclose(metrics["D/loss"], expected_d, atol=1e-6)
-    assert {"k_t", "convergence", "G/loss"} <= metrics.keys()
+    assert {"k_t", "m_global_batch", "G/loss"} <= metrics.keys()
     assert metrics["k_t"].item() != 0.5  # the controller moved
     assert all(parameter.grad is not None for parameter in trainer.state.G.parameters())

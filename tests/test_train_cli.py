@@ -152,7 +152,7 @@ def history(client, run, key):
 
 FAMILY_METRICS = {
     "wgan_gp": {"D/wasserstein", "D/gradient_penalty", "D/loss", "G/loss"},
-    "began": {"k_t", "convergence", "D/reconstruction_real", "D/reconstruction_fake", "G/loss"},
+    "began": {"k_t", "m_global_batch", "D/reconstruction_real", "D/reconstruction_fake", "G/loss"},
     "progan": {"D/wasserstein", "D/gradient_penalty", "D/drift", "G/loss"},
 }
 
