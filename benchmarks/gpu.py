@@ -59,7 +59,7 @@ DRY = {
     ),
 }  # fmt: skip
 COMMON = ["log_every_kimg=1000", "sample_every_kimg=1000", "checkpoint_every_kimg=1000",
-          "metrics=[]", "loader_workers=2", "workers=1"]  # fmt: skip
+          "metrics=[]", "loader_processes=2", "workers=1"]  # fmt: skip
 
 
 def _free_port() -> int:

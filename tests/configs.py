@@ -30,7 +30,7 @@ TINY_MODELS = {
 TINY_RUN = {
     "total_kimg": 0.384,  # 24 steps of 16 images
     "batch_per_resolution": {4: 16, 8: 16, 16: 16, 32: 16},
-    "loader_workers": 0,
+    "loader_processes": 0,
     "shuffle_buffer": 20,
     "log_every_kimg": 0.064,
     "sample_every_kimg": 0.192,

@@ -154,7 +154,7 @@ class Trainer:
             batch,
             rank=self.rank,
             world_size=self.world_size,
-            num_workers=self.config.loader_workers,
+            loader_processes=self.config.loader_processes,
             shuffle_buffer=self.config.shuffle_buffer,
             seed=derived_seed(self.config.seed, progress.loader_epoch),
             batches_per_epoch=2**62,  # one endless epoch: a restart is a new loader_epoch
