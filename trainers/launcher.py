@@ -186,11 +186,11 @@ class _RaySession:
         with checkpoint.as_directory() as directory:
             yield Path(directory)
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path, name: str) -> None:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def placement(self) -> str:
         import ray
