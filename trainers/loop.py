@@ -265,17 +265,17 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Every rank's part of a checkpoint, handed to the session; Ray ranks checkpoints by
-        their score, the gate value measured at this step (UNSCORED where none was)."""
+        the gate value measured at this step (UNSCORED where none was)."""
         progress = self.state.progress
         self.reporter.record_run(progress)
-        gate_value = progress.gate_value
-        score = UNSCORED if gate_value is None else gate_value
+        gate_value = UNSCORED if progress.gate_value is None else progress.gate_value
         with tempfile.TemporaryDirectory(prefix="ganforge-checkpoint-") as tmp:
             directory = Path(tmp)
             self.state.write(directory)
             self.reporter.upload_checkpoint(directory)
             name = checkpoint_name(progress.images)
-            self.session.report({"kimg": progress.kimg, "score": score}, directory, name)
+            metrics = {"kimg": progress.kimg, "gate_value": gate_value}
+            self.session.report(metrics, directory, name)
 
     def close(self, failed: bool = False) -> None:
         """End the MLflow run after its uploads finish."""

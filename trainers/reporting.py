@@ -193,10 +193,10 @@ class Reporter:
         gate = gate_metric(self.config.metrics, results)
         progress.metrics, progress.gate_metric = results, gate
         improved = gate is not None and (
-            progress.best_score is None or results[gate] < progress.best_score
+            progress.best_gate_value is None or results[gate] < progress.best_gate_value
         )
         if improved:
-            progress.best_score, progress.best_kimg = results[gate], progress.kimg
+            progress.best_gate_value, progress.best_kimg = results[gate], progress.kimg
         if self.rank == 0:
             log.info(
                 "kimg %.3f metrics (%.1f s): %s%s",
