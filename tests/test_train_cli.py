@@ -219,6 +219,8 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     assert run.data.tags["ganforge.gate_metric"] == "swd1k"
     assert run.data.tags["ganforge.best_kimg"] == "0.384"
     assert "best checkpoint" in text
+    # Ray's checkpoint folders are named by the images shown, as DirectorySession's
+    assert re.search(r"; checkpoint \S+/checkpoint_000000000384;", text), text[-3000:]
     if family == "began":  # `ganforge evaluate` of that checkpoint measures what training did
         best = re.search(r"best checkpoint (\S+)", text)[1]
         out = tmp_path / "metrics.json"
