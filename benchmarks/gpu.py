@@ -5,7 +5,7 @@ paths) in fp32 and in bf16; ProGAN at paper widths grows 4² → 256². Written 
 benchmarks/results/gpu.json:
   - images/s and peak memory per resolution, per family and precision;
   - the bf16/fp32 speed ratio per family;
-  - the gradient agreement of bf16 against fp32 for the critic step (the penalty kept in
+  - the gradient agreement of bf16 against fp32 for the D step (the penalty kept in
     float32, as training does) and what a bf16 penalty would have given (why it is kept);
   - the batch per resolution `auto_batch` picks.
 About 5 minutes on one H100-class GPU. `--dry-run` runs the same code on the CPU (gloo) at toy
@@ -43,7 +43,7 @@ FULL = {
 DRY = {
     "wgan_gp": (
         "wgan_gp.yaml",
-        ["total_kimg=0.064", "model.resolution=32", "model.base_channels=4",
+        ["total_kimg=0.064", "model.resolution=32", "model.channels=4",
          "batch_per_resolution={32: 16}", "model.n_critic=2"],
     ),
     "began": (
@@ -59,7 +59,7 @@ DRY = {
     ),
 }  # fmt: skip
 COMMON = ["log_every_kimg=1000", "sample_every_kimg=1000", "checkpoint_every_kimg=1000",
-          "metrics=[]", "loader_workers=2", "workers=1"]  # fmt: skip
+          "metrics=[]", "loader_processes=2", "workers=1"]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -116,7 +116,7 @@ def train_figures(config, device, work: Path) -> dict:
 
 
 def penalty_agreement(config, device) -> dict:
-    """One critic step's D gradients under bf16 against fp32 on the same batch and fakes:
+    """One D step's gradients under bf16 against fp32 on the same batch and fakes:
     with the penalty in float32 (training's way) and with a bf16 penalty."""
     import torch
     import torch.nn.functional as F
@@ -126,8 +126,8 @@ def penalty_agreement(config, device) -> dict:
     family = config.family
     torch.manual_seed(0)
     generator = family.build_generator().to(device)
-    critic = family.build_discriminator().to(device)
-    loss = family.build_loss(generator, critic)
+    discriminator = family.build_discriminator().to(device)
+    loss = family.build_loss(generator, discriminator)
     resolution = family.resolutions[-1]
     real = torch.rand(16, 3, resolution, resolution, device=device) * 2 - 1
     with torch.no_grad():
@@ -136,7 +136,7 @@ def penalty_agreement(config, device) -> dict:
     loss.generate = lambda n, state, device: fake  # the same fakes in every precision
 
     def gradients(dtype, penalty_full_precision: bool) -> torch.Tensor:
-        critic.zero_grad(set_to_none=True)
+        discriminator.zero_grad(set_to_none=True)
         original = loss.discriminate
 
         def discriminate(images, state, full_precision=False):
@@ -148,7 +148,7 @@ def penalty_agreement(config, device) -> dict:
         loss.discriminate = original
         # the blocks this resolution runs (ProGAN's lower fromRGBs take no part)
         return torch.cat(
-            [p.grad.flatten().float() for p in critic.parameters() if p.grad is not None]
+            [p.grad.flatten().float() for p in discriminator.parameters() if p.grad is not None]
         )
 
     reference = gradients(None, True)
@@ -223,7 +223,7 @@ def _measure(table: dict, data: str, device, work: Path) -> dict:
                 _config(family, table, data, "bf16", ["auto_batch=true"]), device
             ),
         }
-        if family != "began":  # the critic families' penalty
+        if family != "began":  # the families with the gradient penalty
             families[family]["gradient_agreement"] = penalty_agreement(
                 _config(family, table, data, "bf16"), device
             )

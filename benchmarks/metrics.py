@@ -182,7 +182,7 @@ def inception_case(resolution: int, repeats: int) -> tuple[dict, list[Row]]:
     result = {
         "resolution": resolution,
         "input_size": INPUT_SIZE,
-        "batch_size": CHUNK,
+        "chunk_size": CHUNK,
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "weights": f"random initialisation (seed {SEED}), not the published file",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from benchmarks.common import Row, figure
 
-BATCH_SIZE = 32
-NUM_WORKERS = 2
+BATCH_PER_WORKER = 32
+LOADER_PROCESSES = 2
 TARGET_VS_RAW = 0.8
 
 
@@ -48,7 +48,11 @@ def time_shard_reader(root: Path, resolution: int, batches: int) -> dict:
     from trainers.data.reader import ShardReader
 
     reader = ShardReader(
-        root, resolution, BATCH_SIZE, num_workers=NUM_WORKERS, batches_per_epoch=batches
+        root,
+        resolution,
+        BATCH_PER_WORKER,
+        loader_processes=LOADER_PROCESSES,
+        batches_per_epoch=batches,
     )
     return _time_batches(reader, resolution) | {"skipped": reader.skipped}
 
@@ -83,7 +87,7 @@ def time_raw_loop(pngs: list[bytes], resolution: int, batches: int) -> dict:
     k = 0
     for _ in range(batches):
         images = []
-        for _ in range(BATCH_SIZE):
+        for _ in range(BATCH_PER_WORKER):
             images.append(decode_image(pngs[k % len(pngs)]))
             k += 1
         batch = to_model_range(torch.stack(images))
@@ -104,11 +108,15 @@ def time_folder_loader(files: list[Path], resolution: int, batches: int) -> dict
     sampler = RandomSampler(
         dataset,
         replacement=True,
-        num_samples=batches * BATCH_SIZE,
+        num_samples=batches * BATCH_PER_WORKER,
         generator=torch.Generator().manual_seed(0),
     )
     loader = DataLoader(
-        dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=NUM_WORKERS, drop_last=True
+        dataset,
+        batch_size=BATCH_PER_WORKER,
+        sampler=sampler,
+        num_workers=LOADER_PROCESSES,
+        drop_last=True,
     )
     return _time_batches(loader, resolution, convert=to_model_range)
 
@@ -164,17 +172,18 @@ def run(root: Path, work_root: Path, batches_by_resolution: dict[int, int]) -> t
             "dataset": "synthetic build of benchmark 1a (max_resolution 256)",
             "process": "a fresh spawn-started interpreter (fork start method for the loaders): "
             "forked DataLoader workers of a process that ran a Prefect flow exit with status 1",
-            "batch_size": BATCH_SIZE,
-            "num_workers": NUM_WORKERS,
+            "batch_per_worker": BATCH_PER_WORKER,
+            "loader_processes": LOADER_PROCESSES,
             "batches": {str(r): b for r, b in batches_by_resolution.items()},
-            "shard_reader": "ShardReader(root, res, batch_size, num_workers, "
+            "shard_reader": "ShardReader(root, res, batch_per_worker, loader_processes, "
             "batches_per_epoch=batches), CPU device; "
             "timed from iter() to the last batch, worker start included",
             "raw_loop": "one process; shard PNG bytes read into memory first (untimed); "
             "the reader's decode_image (PIL) -> stack -> float in [-1, 1], so the ratio is the "
             "pipeline's own cost",
             "folder_dataloader": "the same PNGs as files; map-style Dataset opening each with "
-            "PIL; DataLoader(batch_size, num_workers, RandomSampler with replacement); "
+            "PIL; DataLoader(batch_size=batch_per_worker, num_workers=loader_processes, "
+            "RandomSampler with replacement); "
             "float conversion in the main process; worker start included",
         },
         "results": results,

@@ -140,8 +140,8 @@ def bare_loop(steps: int, warmup_steps: int) -> dict:
 
     config = load_train_config(PRESET)
     (resolution,) = config.resolutions
-    batch_size = config.batch_per_resolution[resolution]
-    batches = list(ShardReader(DATASET, resolution, batch_size, num_workers=0, batches_per_epoch=4))
+    batch = config.batch_per_resolution[resolution]  # one process: the global batch
+    batches = list(ShardReader(DATASET, resolution, batch, loader_processes=0, batches_per_epoch=4))
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     family = config.family
@@ -178,7 +178,7 @@ def bare_loop(steps: int, warmup_steps: int) -> dict:
     started = time.perf_counter()
     run_steps(warmup_steps, steps)
     seconds = time.perf_counter() - started
-    return {"steps": steps, "seconds": seconds, "images_per_s": steps * batch_size / seconds}
+    return {"steps": steps, "seconds": seconds, "images_per_s": steps * batch / seconds}
 
 
 def kimg_window(tracking_uri: str, run_name: str, warmup_kimg: float) -> dict:
@@ -224,8 +224,8 @@ def throughput_case(work: Path, repeats: int, window_kimg: float) -> tuple[dict,
     from trainers.config import load_train_config
 
     config = load_train_config(PRESET)
-    batch_size = config.batch_per_resolution[config.model.resolution]
-    steps = round(window_kimg * 1000 / batch_size)
+    global_batch = config.batch_per_resolution[config.model.resolution]
+    steps = round(window_kimg * 1000 / global_batch)
     rounds, medians = alternate(
         "throughput",
         repeats,
@@ -250,13 +250,13 @@ def throughput_case(work: Path, repeats: int, window_kimg: float) -> tuple[dict,
             "preset": str(PRESET.relative_to(REPO)),
             "family": config.model.family,
             "resolution": config.model.resolution,
-            "batch_size": batch_size,
+            "global_batch": global_batch,
             "workers": 1,
             "warmup_kimg": WARMUP_KIMG,
             "window_kimg": window_kimg,
             "repeats": repeats,
             "ganforge_train": "ganforge train PRESET --set workers=1 (Ray: 1 CPU, so "
-            "OMP_NUM_THREADS=1), loader_workers from the preset; images/s between the kimg "
+            "OMP_NUM_THREADS=1), loader_processes from the preset; images/s between the kimg "
             "metric points at warm-up and at the end, by their MLflow timestamps",
             "ganforge_train_2_workers": "the same with --set workers=2",
             "bare_loop": "in the benchmark process: the config's family's networks, its Adam "

@@ -35,7 +35,7 @@ def check_checkpoint(directory: Path) -> None:
     if missing:
         raise NotACheckpointError(
             f"{directory} is not a ganforge checkpoint (no {' or '.join(missing)}); give a "
-            "checkpoint_* folder of a run, e.g. runs/<run name>/checkpoint_<time>"
+            "checkpoint_* folder of a run, e.g. runs/<run name>/checkpoint_<images>"
         )
 
 

@@ -15,7 +15,7 @@ from trainers.config import TrainConfig, apply_overrides
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "train"
 
 TINY_MODELS = {
-    "wgan_gp": {"base_channels": 4, "n_critic": 2},
+    "wgan_gp": {"channels": 4, "n_critic": 2},
     "began": {"channels": 8, "latent_dim": 8},
     "progan": {
         "resolution": 16,
@@ -31,7 +31,7 @@ TINY_RUN = {
     "workers": 2,  # the presets train on 1 (a 2-core machine); tests run data-parallel
     "total_kimg": 0.384,  # 24 steps of 16 images
     "batch_per_resolution": {4: 16, 8: 16, 16: 16, 32: 16},
-    "loader_workers": 0,
+    "loader_processes": 0,
     "shuffle_buffer": 20,
     "log_every_kimg": 0.064,
     "sample_every_kimg": 0.192,

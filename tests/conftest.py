@@ -43,7 +43,7 @@ def subprocess_env(prefect_api: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def s3_env():
     """A real S3 endpoint on 127.0.0.1 (moto in server mode, reachable from subprocesses and
-    loader workers) with dummy credentials, which boto3's chain takes before any in ~/.aws. Set
+    loader processes) with dummy credentials, which boto3's chain takes before any in ~/.aws. Set
     in this process's environment for the session (restored after); yields those variables to
     add to a subprocess's env."""
     from moto.server import ThreadedMotoServer

@@ -23,7 +23,7 @@ GLOBAL_BATCH = 8
 
 # The tiny configs, with a global batch of 8 and a few steps each
 CHANGES = {
-    "wgan_gp": {"total_kimg": 6 * GLOBAL_BATCH / 1000},  # 6 critic steps, 3 generator steps
+    "wgan_gp": {"total_kimg": 6 * GLOBAL_BATCH / 1000},  # 6 D steps, 3 G steps
     "began": {
         # A strong k_t gain from a non-zero start: k_t matters in every D step, so a balance
         # term computed per rank (not reduced) would show in k_t and in the weights.

@@ -1,4 +1,4 @@
-"""Losses: the gradient penalty against analytic critics, phases run by the loop's own step,
+"""Losses: the gradient penalty against analytic discriminators, phases run by the loop's own step,
 BEGAN's k_t controller and its checkpointed state."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from trainers.losses.base import Phase, StepState
 from trainers.losses.began import BEGANLoss, began_phases
 from trainers.losses.wgan_gp import WGANGPLoss, gradient_penalty, wgan_gp_phases
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
-from trainers.networks.dcgan import DCGANCritic, DCGANGenerator
+from trainers.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from trainers.networks.progan import ProGANDiscriminator, ProGANGenerator
 from trainers.schedule import Stage
 
@@ -38,27 +38,27 @@ def test_phase_lists():
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (6, 3, 4, 4)])
-def test_gradient_penalty_of_a_linear_critic(shape):
+def test_gradient_penalty_of_a_linear_discriminator(shape):
     weight = torch.randn(shape[1:], generator=torch.Generator().manual_seed(0))
     weight = weight * 3 / weight.norm()  # ‖∇D‖ = ‖w‖ = 3 everywhere, penalty (3 − 1)² = 4
 
-    def critic(x):
+    def discriminator(x):
         return (x * weight).flatten(1).sum(dim=1)
 
     real, fake = torch.randn(shape), torch.randn(shape)
-    penalty = gradient_penalty(critic, real, fake, torch.rand(shape[0]))
+    penalty = gradient_penalty(discriminator, real, fake, torch.rand(shape[0]))
     assert torch.allclose(penalty, torch.tensor(4.0), atol=1e-6)
 
 
-def test_gradient_penalty_of_a_quadratic_critic_uses_epsilon_on_real():
-    def critic(x):
+def test_gradient_penalty_of_a_quadratic_discriminator_uses_epsilon_on_real():
+    def discriminator(x):
         return 0.5 * x.square().sum(dim=1)  # gradient x, so the norm is ‖x̂‖
 
     real = torch.zeros(3, 4)
     fake = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     epsilon = torch.tensor([0.0, 0.25, 0.9])
     expected = (((1 - epsilon) * fake.norm(dim=1) - 1) ** 2).mean()  # x̂ = (1 − ε) · fake
-    assert torch.allclose(gradient_penalty(critic, real, fake, epsilon), expected, atol=1e-6)
+    assert torch.allclose(gradient_penalty(discriminator, real, fake, epsilon), expected, atol=1e-6)
 
 
 NORMAL_8 = LatentPrior("normal", 8)
@@ -67,26 +67,28 @@ NORMAL_8 = LatentPrior("normal", 8)
 def small_wgan(drift_weight: float = 0.0, gp_weight: float = 10.0) -> WGANGPLoss:
     torch.manual_seed(0)
     generator = ProGANGenerator(max_resolution=8, latent_dim=8, fmap_base=16, fmap_max=8)
-    critic = ProGANDiscriminator(max_resolution=8, fmap_base=16, fmap_max=8)
-    return WGANGPLoss(generator, critic, NORMAL_8, gp_weight=gp_weight, drift_weight=drift_weight)
+    discriminator = ProGANDiscriminator(max_resolution=8, fmap_base=16, fmap_max=8)
+    return WGANGPLoss(
+        generator, discriminator, NORMAL_8, gp_weight=gp_weight, drift_weight=drift_weight
+    )
 
 
-def critic_gradients(loss: WGANGPLoss) -> list[torch.Tensor]:
+def discriminator_gradients(loss: WGANGPLoss) -> list[torch.Tensor]:
     loss.D.zero_grad(set_to_none=True)
     loss.accumulate_gradients(Phase("D", "D"), real_images(8), step_state(8, 0.5))
     return [parameter.grad for parameter in loss.D.parameters()]
 
 
-def test_critic_phase_gradients_include_the_penalty_and_spare_the_generator():
-    with_penalty = critic_gradients(small_wgan(gp_weight=10.0))
-    without_penalty = critic_gradients(small_wgan(gp_weight=0.0))
+def test_discriminator_phase_gradients_include_the_penalty_and_spare_the_generator():
+    with_penalty = discriminator_gradients(small_wgan(gp_weight=10.0))
+    without_penalty = discriminator_gradients(small_wgan(gp_weight=0.0))
     assert all(gradient is not None for gradient in with_penalty)
     assert any(not torch.allclose(a, b) for a, b in zip(with_penalty, without_penalty, strict=True))
     assert all(parameter.grad is None for parameter in small_wgan().G.parameters())
 
 
 @pytest.mark.parametrize("drift_weight", [0.0, 0.001])
-def test_critic_phase_metrics_add_up_to_the_loss(drift_weight):
+def test_discriminator_phase_metrics_add_up_to_the_loss(drift_weight):
     loss = small_wgan(drift_weight=drift_weight)
     metrics = loss.accumulate_gradients(Phase("D", "D"), real_images(8), step_state(8))
     drift = metrics.get("drift", torch.tensor(0.0))
@@ -95,7 +97,7 @@ def test_critic_phase_metrics_add_up_to_the_loss(drift_weight):
     assert torch.allclose(metrics["loss"], expected, atol=1e-6)
 
 
-def test_generator_phase_trains_the_generator_on_the_critic_score():
+def test_generator_phase_trains_the_generator_on_the_discriminator_score():
     loss = small_wgan()
     for parameter in loss.D.parameters():
         parameter.requires_grad_(False)  # as the loop does in a G phase
@@ -117,7 +119,7 @@ def test_bf16_autocast_still_reduces_in_float32():
 
 
 def test_under_bf16_the_gradient_penalty_stays_float32():
-    """The penalty's critic pass runs with autocast off: on the same fakes its value is the
+    """The penalty's discriminator pass runs with autocast off: on the same fakes its value is the
     float32 one exactly, while the Wasserstein term (autocast) differs by bf16's rounding."""
     fake = torch.rand(BATCH, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
     runs = []
@@ -142,12 +144,12 @@ def test_under_bf16_began_reconstructions_stay_float32():
     assert torch.equal(half["reconstruction_real"], full["reconstruction_real"])
 
 
-def test_a_few_adam_steps_lower_the_critic_loss_on_a_fixed_batch():
+def test_a_few_adam_steps_lower_the_discriminator_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    generator = DCGANGenerator(resolution=32, latent_dim=16, base_channels=4).eval()
-    critic = DCGANCritic(resolution=32, base_channels=4)
-    loss = WGANGPLoss(generator, critic, LatentPrior("normal", 16))
-    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.9))
+    generator = DCGANGenerator(resolution=32, latent_dim=16, channels=4).eval()
+    discriminator = DCGANDiscriminator(resolution=32, channels=4)
+    loss = WGANGPLoss(generator, discriminator, LatentPrior("normal", 16))
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.0, 0.9))
     real = real_images(32)
     losses = []
     for _ in range(5):
@@ -169,15 +171,15 @@ def reconstructions(real: float, fake: float) -> dict[str, torch.Tensor]:
     }
 
 
-def test_began_k_update_and_convergence_measure():
+def test_began_k_update_and_m_global_of_the_batch():
     loss = began_loss(gamma=0.5, lambda_k=0.1, k_initial=0.2)
     extra = loss.end_step(reconstructions(real=0.4, fake=0.1))
     balance = 0.5 * torch.tensor(0.4, dtype=torch.float64) - torch.tensor(0.1, dtype=torch.float64)
     assert extra["k_t"].dtype == torch.float64
     assert torch.allclose(extra["k_t"], 0.2 + 0.1 * balance, atol=1e-6)
-    assert torch.allclose(extra["convergence"], 0.4 + balance.abs(), atol=1e-6)
+    assert torch.allclose(extra["m_global_batch"], 0.4 + balance.abs(), atol=1e-6)
     extra = loss.end_step(reconstructions(real=0.1, fake=0.5))  # balance −0.45 < 0
-    assert torch.allclose(extra["convergence"].float(), torch.tensor(0.1 + 0.45), atol=1e-6)
+    assert torch.allclose(extra["m_global_batch"].float(), torch.tensor(0.1 + 0.45), atol=1e-6)
 
 
 @pytest.mark.parametrize(("real", "fake", "bound"), [(1.0, 0.0, 1.0), (0.0, 1.0, 0.0)])
@@ -214,6 +216,6 @@ def test_began_phases_through_a_loop_step(tmp_path):
     assert torch.allclose(metrics["D/reconstruction_real"], expected_real, atol=1e-6)
     expected_d = metrics["D/reconstruction_real"] - 0.5 * metrics["D/reconstruction_fake"]
     assert torch.allclose(metrics["D/loss"], expected_d, atol=1e-6)
-    assert {"k_t", "convergence", "G/loss"} <= metrics.keys()
+    assert {"k_t", "m_global_batch", "G/loss"} <= metrics.keys()
     assert metrics["k_t"].item() != 0.5  # the controller moved
     assert all(parameter.grad is not None for parameter in trainer.state.G.parameters())

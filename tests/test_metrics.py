@@ -80,7 +80,7 @@ def _evaluation(data: Path) -> Evaluation:
 def _wgan_gp_evaluation(data: Path) -> Evaluation:
     """WGAN-GP's G as the loop holds it: BatchNorm in train mode, synced over the ranks."""
     torch.manual_seed(4)
-    family = WganGp(WganGpConfig(resolution=32, latent_dim=8, base_channels=4))
+    family = WganGp(WganGpConfig(resolution=32, latent_dim=8, channels=4))
     generator = distributed.sync_batch_norm(family.build_generator(), torch.device("cpu"))
     for _ in range(3):  # running statistics of a few training batches, alike on every rank
         generator(LatentPrior("normal", 8).seeded(16, 1), 32)

@@ -14,7 +14,7 @@ from trainers.ema import update_ema
 from trainers.families import FAMILIES
 from trainers.families.base import LatentPrior
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
-from trainers.networks.dcgan import DCGANCritic, DCGANGenerator
+from trainers.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from trainers.networks.layers import EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm
 from trainers.networks.progan import ProGANDiscriminator, ProGANGenerator, feature_maps
 
@@ -42,12 +42,12 @@ def images(resolution: int, batch: int = BATCH) -> torch.Tensor:
 
 @pytest.mark.parametrize("resolution", [32, 64, 128])
 def test_dcgan_shapes(resolution):
-    generator = DCGANGenerator(resolution=resolution, latent_dim=16, base_channels=4)
-    critic = DCGANCritic(resolution=resolution, base_channels=4)
+    generator = DCGANGenerator(resolution=resolution, latent_dim=16, channels=4)
+    discriminator = DCGANDiscriminator(resolution=resolution, channels=4)
     fake = generator(latents_for(generator), resolution)
     assert fake.shape == (BATCH, 3, resolution, resolution)
     assert fake.abs().max() <= 1  # tanh output
-    assert critic(fake, resolution).shape == (BATCH,)
+    assert discriminator(fake, resolution).shape == (BATCH,)
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128])
@@ -73,7 +73,7 @@ def test_progan_shapes_at_every_resolution(resolution):
     "build",
     [
         lambda: DCGANGenerator(resolution=16),
-        lambda: DCGANCritic(resolution=256),
+        lambda: DCGANDiscriminator(resolution=256),
         lambda: DCGANGenerator(resolution=48),
         lambda: BEGANGenerator(resolution=16),
         lambda: BEGANDiscriminator(resolution=96),
@@ -100,13 +100,13 @@ def test_progan_rejects_bad_resolution_or_fade(resolution, fade_alpha):
 
 
 def test_fixed_resolution_nets_refuse_other_resolutions():
-    generator = DCGANGenerator(resolution=32, latent_dim=8, base_channels=4)
+    generator = DCGANGenerator(resolution=32, latent_dim=8, channels=4)
     with pytest.raises(AssertionError):
         generator(latents_for(generator), 64)
 
 
 SMALL_CONFIGS = {
-    "wgan_gp": {"resolution": 32, "latent_dim": 8, "base_channels": 4},
+    "wgan_gp": {"resolution": 32, "latent_dim": 8, "channels": 4},
     "began": {"resolution": 32, "latent_dim": 8, "channels": 4},
     "progan": {"resolution": 32, "latent_dim": 16, "fmap_base": 64, "fmap_max": 16},
 }
@@ -146,9 +146,11 @@ def test_each_family_draws_from_its_papers_prior():
     }
 
 
-def test_official_dcgan_critic_has_layer_norm_on_convs_two_to_four_and_5x5_kernels():
-    critic = DCGANCritic(resolution=64, base_channels=8)  # the defaults are the official ones
-    layers = list(critic.layers)
+def test_official_dcgan_discriminator_has_layer_norm_on_convs_two_to_four_and_5x5_kernels():
+    discriminator = DCGANDiscriminator(
+        resolution=64, channels=8
+    )  # the defaults are the official ones
+    layers = list(discriminator.layers)
     convs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
     assert len(convs) == 4 and all(layers[i].kernel_size == (5, 5) for i in convs)
     normalized = [isinstance(layers[i + 1], nn.GroupNorm) for i in convs]
@@ -156,19 +158,19 @@ def test_official_dcgan_critic_has_layer_norm_on_convs_two_to_four_and_5x5_kerne
     assert all(layers[i + 1].num_groups == 1 for i in convs[1:])  # over (C, H, W) per sample
     weights = torch.cat([layers[i].weight.flatten() for i in convs])
     assert abs(weights.std() - 0.02) < 0.002 and abs(weights.mean()) < 0.002
-    generator = DCGANGenerator(resolution=64, latent_dim=16, base_channels=8)
+    generator = DCGANGenerator(resolution=64, latent_dim=16, channels=8)
     fake = generator(latents_for(generator), 64)
-    assert fake.shape == (BATCH, 3, 64, 64) and critic(fake, 64).shape == (BATCH,)
-    plain = DCGANCritic(resolution=64, base_channels=8, kernel_size=4, critic_norm="none")
+    assert fake.shape == (BATCH, 3, 64, 64) and discriminator(fake, 64).shape == (BATCH,)
+    plain = DCGANDiscriminator(resolution=64, channels=8, kernel_size=4, discriminator_norm="none")
     assert not any(isinstance(layer, nn.GroupNorm) for layer in plain.layers)
 
 
-def test_layer_norm_keeps_the_critic_per_sample():
+def test_layer_norm_keeps_the_discriminator_per_sample():
     """The penalty takes each sample's gradient alone: a sample's score must not depend on the
     rest of the batch (batch norm would make it)."""
-    critic = DCGANCritic(resolution=32, base_channels=4)
+    discriminator = DCGANDiscriminator(resolution=32, channels=4)
     batch = images(32)
-    assert torch.allclose(critic(batch, 32)[:1], critic(batch[:1], 32), atol=1e-6)
+    assert torch.allclose(discriminator(batch, 32)[:1], discriminator(batch[:1], 32), atol=1e-6)
 
 
 def test_progan_channels_follow_the_official_schedule():

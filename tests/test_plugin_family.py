@@ -41,7 +41,7 @@ def test_a_fourth_family_trains_through_ganforge_train(small_dataset, ray_addres
     config = json.loads((checkpoints[-1] / "config.json").read_text())
     assert config["model"]["family"] == "tiny" and config["workers"] == 2
     progress = json.loads((checkpoints[-1] / "progress.json").read_text())
-    assert progress["images"] == 128 and progress["best_score"] is not None  # swd1k measured
+    assert progress["images"] == 128 and progress["best_gate_value"] is not None  # swd1k measured
 
     grid = tmp_path / "grid.png"
     sampled = ganforge("sample", "--checkpoint", str(checkpoints[-1]), "--num", "4", "--out",

@@ -24,7 +24,7 @@ def fingerprints(reader: ShardReader) -> tuple[int, set[str]]:
 
 
 def test_batches_are_float_nchw_in_model_range(small_dataset):
-    reader = ShardReader(small_dataset, 16, batch_size=8, num_workers=0)
+    reader = ShardReader(small_dataset, 16, batch_per_worker=8, loader_processes=0)
     batch = next(iter(reader))
     assert batch.shape == (8, 3, 16, 16) and batch.dtype == torch.float32
     assert batch.min() >= -1.0 and batch.max() <= 1.0 and batch.std() > 0.1
@@ -38,10 +38,10 @@ def test_three_shards_two_ranks_equal_batch_counts_and_disjoint_data(small_datas
             ShardReader(
                 small_dataset,
                 8,
-                batch_size=4,
+                batch_per_worker=4,
                 rank=rank,
                 world_size=2,
-                num_workers=2,
+                loader_processes=2,
                 batches_per_epoch=7,
             )
         )
@@ -53,10 +53,12 @@ def test_three_shards_two_ranks_equal_batch_counts_and_disjoint_data(small_datas
 
 def test_default_epoch_is_one_pass_with_equal_counts(small_dataset):
     counts = [
-        len(ShardReader(small_dataset, 4, batch_size=5, rank=r, world_size=2)) for r in (0, 1)
+        len(ShardReader(small_dataset, 4, batch_per_worker=5, rank=r, world_size=2)) for r in (0, 1)
     ]
     assert counts == [4, 4]  # 40 samples // (5 per rank * 2 ranks)
-    reader = ShardReader(small_dataset, 4, batch_size=5, rank=1, world_size=2, num_workers=2)
+    reader = ShardReader(
+        small_dataset, 4, batch_per_worker=5, rank=1, world_size=2, loader_processes=2
+    )
     assert sum(1 for _ in reader) == 4 and sum(1 for _ in reader) == 4  # every epoch
 
 
@@ -69,12 +71,12 @@ def test_default_epoch_is_one_pass_with_equal_counts(small_dataset):
     ],
 )
 def test_assign_shards_splits_by_rank(urls, rank, world, expected):
-    assert assign_shards(urls, rank, world, worker=0, workers=1) == expected
+    assert assign_shards(urls, rank, world, process=0, processes=1) == expected
 
 
-def test_assign_shards_splits_by_loader_worker_too():
+def test_assign_shards_splits_by_loader_process_too():
     urls = [f"s{i}" for i in range(8)]
-    parts = [assign_shards(urls, r, 2, w, 2) for r in (0, 1) for w in (0, 1)]
+    parts = [assign_shards(urls, r, 2, p, 2) for r in (0, 1) for p in (0, 1)]
     assert sorted(sum(parts, [])) == urls
 
 
@@ -89,7 +91,7 @@ def test_corrupt_samples_are_skipped_and_counted_never_a_hang(small_dataset, tmp
             if member.name.endswith(".png") and i < 8:  # first 4 images: garbage, same length
                 data = b"\x89PNG garbage" + bytes(len(data) - 12)
             archive.addfile(member, io.BytesIO(data))
-    reader = ShardReader(copy, 8, batch_size=4, num_workers=0, batches_per_epoch=12)
+    reader = ShardReader(copy, 8, batch_per_worker=4, loader_processes=0, batches_per_epoch=12)
     assert sum(1 for _ in reader) == 12
     assert reader.skipped >= 4
 
@@ -116,7 +118,7 @@ def test_damaged_shard_is_skipped_and_counted_never_a_hang(small_dataset, tmp_pa
     shard.write_bytes(bytes(data))
     with open(shard, "rb") as stream, pytest.raises(ValueError, match="truncated|checksum"):
         list(ustar_members(stream))
-    reader = ShardReader(copy, 8, batch_size=4, num_workers=0, batches_per_epoch=12)
+    reader = ShardReader(copy, 8, batch_per_worker=4, loader_processes=0, batches_per_epoch=12)
     assert sum(1 for _ in reader) == 12  # the other two shards keep the stream going
     assert reader.skipped >= 1
 
@@ -130,7 +132,7 @@ def test_cpu_conversion_matches_the_device_formula():
 
 def test_accelerator_device_gets_uint8_and_converts_there(small_dataset):
     """The GPU path on CPU: the `meta` device stands in for cuda (no data, real dispatch)."""
-    reader = ShardReader(small_dataset, 16, batch_size=8, num_workers=0, device="meta")
+    reader = ShardReader(small_dataset, 16, batch_per_worker=8, loader_processes=0, device="meta")
     assert next(iter(reader._pipeline())).dtype == torch.uint8  # loaders ship 4x fewer bytes
     batch = next(iter(reader))
     assert batch.device.type == "meta" and batch.dtype == torch.float32
@@ -139,4 +141,4 @@ def test_accelerator_device_gets_uint8_and_converts_there(small_dataset):
 
 def test_missing_resolution_names_the_build_command(small_dataset):
     with pytest.raises(DatasetNotFoundError, match="ganforge data build .*--max-resolution 64"):
-        ShardReader(small_dataset, 64, batch_size=4)
+        ShardReader(small_dataset, 64, batch_per_worker=4)

@@ -124,7 +124,9 @@ def test_verify_s3_names_a_changed_shard_and_an_extra_one(cli_build, env, small_
 
 def test_reader_over_s3_yields_the_local_batches(cli_build, small_dataset):
     def batches(root):
-        reader = ShardReader(root, 16, batch_size=8, num_workers=2, batches_per_epoch=6, seed=1)
+        reader = ShardReader(
+            root, 16, batch_per_worker=8, loader_processes=2, batches_per_epoch=6, seed=1
+        )
         return list(reader), reader.skipped
 
     local, remote = batches(small_dataset), batches(f"s3://{BUCKET}/cli")
@@ -167,7 +169,7 @@ def test_reader_refuses_a_changed_shard_and_never_yields_its_images(
     client().meta.events.register(
         "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"])
     )
-    reader = ShardReader(str(root), 8, batch_size=4, num_workers=0, batches_per_epoch=30)
+    reader = ShardReader(str(root), 8, batch_per_worker=4, loader_processes=0, batches_per_epoch=30)
     with caplog.at_level(logging.WARNING, logger="trainers.data.reader"):
         pixels = torch.cat(list(reader)).add(1).mul(127.5).round().to(torch.uint8)
     seen = {image.numpy().tobytes() for image in pixels}
@@ -183,7 +185,7 @@ def test_every_shard_refused_is_an_error_for_training_and_evaluation(env, small_
     root = upload_copy(small_dataset, "all-refused")
     for shard in load_manifest(small_dataset).shards_at(4):
         damage(root.join(shard.path), offset=-1)
-    reader = ShardReader(str(root), 4, batch_size=4, num_workers=0, batches_per_epoch=3)
+    reader = ShardReader(str(root), 4, batch_per_worker=4, loader_processes=0, batches_per_epoch=3)
     with pytest.raises(ShardMismatchError, match="every shard this reader was given differs"):
         list(reader)
     with pytest.raises(ShardMismatchError, match="sha256 differs from the manifest"):

@@ -67,13 +67,18 @@ def test_upload_through_failing_requests_stores_the_local_bytes(flaky, moto, sma
     assert flaky.faults.keys() == FAULTS.keys()  # 503s, 500s and dropped connections
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("processes", [0, 2])
 def test_reader_through_failing_requests_yields_the_local_batches(
-    flaky, remote, small_dataset, workers
+    flaky, remote, small_dataset, processes
 ):
     def batches(root):
         reader = ShardReader(  # a small shuffle buffer: few shard reads, few backoffs
-            root, 16, batch_size=8, num_workers=workers, shuffle_buffer=10, batches_per_epoch=6
+            root,
+            16,
+            batch_per_worker=8,
+            loader_processes=processes,
+            shuffle_buffer=10,
+            batches_per_epoch=6,
         )
         return list(reader), reader.skipped
 

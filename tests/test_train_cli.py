@@ -153,7 +153,7 @@ def history(client, run, key):
 
 FAMILY_METRICS = {
     "wgan_gp": {"D/wasserstein", "D/gradient_penalty", "D/loss", "G/loss"},
-    "began": {"k_t", "convergence", "D/reconstruction_real", "D/reconstruction_fake", "G/loss"},
+    "began": {"k_t", "m_global_batch", "D/reconstruction_real", "D/reconstruction_fake", "G/loss"},
     "progan": {"D/wasserstein", "D/gradient_penalty", "D/drift", "G/loss"},
 }
 
@@ -198,7 +198,7 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     cluster = {"nodes": "2", "workers": "2", "gpus": "0"}
     assert {k: tags[f"ganforge.cluster.{k}"] for k in cluster} == cluster
     assert tags["ganforge.version.torch"] == torch.__version__
-    common = {"kimg", "images_per_second", "seconds_per_kimg", "resolution", "batch_size"}
+    common = {"kimg", "images_per_second", "seconds_per_kimg", "resolution", "global_batch"}
     assert FAMILY_METRICS[family] | common <= set(run.data.metrics)
     assert run.data.metrics["kimg"] == pytest.approx(0.384)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -210,7 +210,7 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
         assert resolutions == sorted(resolutions) and set(resolutions) == {4, 8, 16}
         alphas = [value for _, value in history(client, run, "fade_alpha")]
         assert any(0 < a < 1 for a in alphas)
-        assert {v for _, v in history(client, run, "batch_size")} == {16}
+        assert {v for _, v in history(client, run, "global_batch")} == {16}
     if family == "began":
         assert all(0 <= k <= 1 for _, k in history(client, run, "k_t"))
     # the preset's metrics, measured over both ranks at the end (at 16² for ProGAN's tiny run:
@@ -220,6 +220,8 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
     assert run.data.tags["ganforge.gate_metric"] == "swd1k"
     assert run.data.tags["ganforge.best_kimg"] == "0.384"
     assert "best checkpoint" in text
+    # Ray's checkpoint folders are named by the images shown, as DirectorySession's
+    assert re.search(r"; checkpoint \S+/checkpoint_000000000384;", text), text[-3000:]
     if family == "began":  # `ganforge evaluate` of that checkpoint measures what training did
         best = re.search(r"best checkpoint (\S+)", text)[1]
         out = tmp_path / "metrics.json"
@@ -409,4 +411,4 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     assert steps == sorted(set(steps)) and steps[-1] == 1280
     workers = [value for _, value in history(client, run, "workers")]
     assert workers[0] == 2 and workers[-1] == 1 and workers == sorted(workers, reverse=True)
-    assert {value for _, value in history(client, run, "batch_size")} == {16}
+    assert {value for _, value in history(client, run, "global_batch")} == {16}

@@ -41,7 +41,9 @@ def test_resume_equals_uninterrupted_run(family, small_dataset, tmp_path):
     whole = run(config, tmp_path / "whole")
     first = run(config, tmp_path / "split", stop_kimg=0.192)
     second = run(config, tmp_path / "split")
-    assert read_progress(DirectorySession(tmp_path / "split").checkpoints()[0]).kimg == 0.192
+    kept = DirectorySession(tmp_path / "split").checkpoints()  # named as Ray's: by images shown
+    assert [p.name for p in kept] == ["checkpoint_000000000192", "checkpoint_000000000384"]
+    assert read_progress(kept[0]).kimg == 0.192
     assert len(first.history) + len(second.history) == len(whole.history)
     assert first.history + second.history == whole.history
     final_whole = read_state(DirectorySession(tmp_path / "whole").checkpoints()[-1])
@@ -129,6 +131,30 @@ def test_latest_complete_checkpoint_skips_torn_copies(tmp_path):
     folder("checkpoint_d", 1280, writers=2, ranks=2, progress='{"images": 9')  # cut short
     assert storage.latest_complete_checkpoint(run) == "checkpoint_b"
     assert storage.latest_run() == run
+
+
+def test_resume_without_a_run_name_takes_the_run_written_last(tmp_path):
+    """`--resume` alone continues the run whose last checkpoint was written last, not the one
+    that trained longest (checkpoint names count images shown)."""
+    import os
+
+    from trainers.run_storage import RunStorage, checkpoint_name
+
+    def progress_file(run: str, images: int) -> Path:
+        directory = tmp_path / run / checkpoint_name(images)
+        directory.mkdir(parents=True)
+        (directory / "progress.json").write_text("{}")
+        return directory / "progress.json"
+
+    long, short = progress_file("long", 64_000), progress_file("short", 320)
+    progress_file("long", 32_000)
+    os.utime(long, (100, 100))
+    os.utime(short, (200, 200))
+    storage = RunStorage(tmp_path)
+    assert storage.checkpoints("long") == ["checkpoint_000000032000", "checkpoint_000000064000"]
+    assert storage.latest_run() == "short"
+    os.utime(long, (300, 300))
+    assert storage.latest_run() == "long"
 
 
 @pytest.mark.parametrize("family", ["wgan_gp", "progan"])

@@ -44,7 +44,7 @@ class Progress:
     batch_per_resolution: dict[int, int] = field(default_factory=dict)  # global, as used
     world_size: int = 1  # ranks that wrote the checkpoint (an elastic resume may differ)
     mlflow_run_id: str | None = None  # a resumed training logs into the same MLflow run
-    best_score: float | None = None  # lowest value of the gate metric so far
+    best_gate_value: float | None = None  # lowest value of the gate metric so far
     best_kimg: float | None = None  # where it was measured
     # what the evaluation at the latest step measured ({} when none ran there), per-level keys
     # included (swd1k_32), and the gate metric: the first configured metric measured, which

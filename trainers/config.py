@@ -30,7 +30,7 @@ class TrainConfig(Strict):
     model: ModelConfig
     data: str = "data/quickstart"  # dataset folder written by `ganforge data build`
     seed: int = Field(default=0, ge=0)  # fixes init, latents, data order: reruns are equal
-    workers: int = Field(default=1, ge=1)  # Ray Train workers (one per GPU on a cluster)
+    workers: int = Field(default=1, ge=1)  # Ray Train workers, one rank each (one per GPU)
     # elastic: after a node is lost Ray Train may go on with as few as this many workers
     # (ScalingConfig(num_workers=(min_workers, workers))), the global batch unchanged;
     # None keeps the size fixed (a lost node then waits for its replacement)
@@ -48,7 +48,8 @@ class TrainConfig(Strict):
     mirror_augment: bool = False
     auto_batch: bool = False  # GPU: largest power-of-two batch within the memory fraction
     auto_batch_memory_fraction: float = Field(default=0.8, gt=0, le=1)  # of device memory
-    loader_workers: int = Field(default=1, ge=0)  # decode processes per training worker
+    # decode processes per Ray Train worker (torch DataLoader workers; 0 decodes in the worker)
+    loader_processes: int = Field(default=1, ge=0)
     shuffle_buffer: int = Field(default=1000, ge=1)  # samples mixed across shards
     log_every_kimg: float = Field(default=1.0, gt=0)  # metrics to MLflow and the bar
     sample_every_kimg: float = Field(default=10.0, gt=0)  # sample grid from fixed latents

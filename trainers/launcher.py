@@ -186,11 +186,11 @@ class _RaySession:
         with checkpoint.as_directory() as directory:
             yield Path(directory)
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path, name: str) -> None:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def placement(self) -> str:
         import ray
@@ -345,10 +345,11 @@ def _fit(
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage.uri,
-            # the latest checkpoint is always kept (to resume); with metrics, the best-scored too
+            # the latest checkpoint is always kept (to resume); with metrics, the one with the
+            # lowest gate value too
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.checkpoints_to_keep,
-                checkpoint_score_attribute="score" if config.metrics else None,
+                checkpoint_score_attribute="gate_value" if config.metrics else None,
                 checkpoint_score_order="min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),

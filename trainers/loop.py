@@ -30,6 +30,7 @@ from trainers.ema import update_ema
 from trainers.losses.base import StepState
 from trainers.metrics import UNSCORED
 from trainers.reporting import Reporter
+from trainers.run_storage import CHECKPOINT_PREFIX, checkpoint_name
 from trainers.schedule import Stage
 from trainers.seeding import derived_seed
 from trainers.state import TrainingState
@@ -48,35 +49,35 @@ class Session(Protocol):
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         """The checkpoint to resume from, as a local directory, or None for a fresh start."""
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Hand a written checkpoint to the host (every rank calls this at the same step)."""
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path, name: str) -> None:
+        """Hand a written checkpoint to the host, to keep as `name` (every rank calls this at
+        the same step, with its own files)."""
 
     def placement(self) -> str:
         """Where this rank runs (a cluster node id, or a host name)."""
 
 
 class DirectorySession:
-    """A `Session` without Ray: checkpoints are copied to root/checkpoint-<images shown>/ and a
-    new session resumes from the newest."""
+    """A `Session` without Ray: checkpoints are copied to root/checkpoint_<images>/ (the names
+    Ray's are stored under) and a new session resumes from the newest."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
 
     def checkpoints(self) -> list[Path]:
-        found = self.root.glob("checkpoint-*") if self.root.is_dir() else []
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        """Oldest first (the names sort in training order)."""
+        found = self.root.glob(f"{CHECKPOINT_PREFIX}*") if self.root.is_dir() else []
+        return sorted(found)
 
     @contextlib.contextmanager
     def restore_dir(self) -> Iterator[Path | None]:
         found = self.checkpoints()
         yield found[-1] if found else None
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path, name: str) -> None:
         # Every rank's files (state from rank 0, RNG from each) merge into one folder, as Ray
         # merges a checkpoint's ranks, so several processes may share a root.
-        images = round(metrics["kimg"] * 1000)
-        destination = self.root / f"checkpoint-{images:012d}"
-        shutil.copytree(checkpoint_dir, destination, dirs_exist_ok=True)
+        shutil.copytree(checkpoint_dir, self.root / name, dirs_exist_ok=True)
 
     def placement(self) -> str:
         return socket.gethostname()
@@ -154,7 +155,7 @@ class Trainer:
             batch,
             rank=self.rank,
             world_size=self.world_size,
-            num_workers=self.config.loader_workers,
+            loader_processes=self.config.loader_processes,
             shuffle_buffer=self.config.shuffle_buffer,
             seed=derived_seed(self.config.seed, progress.loader_epoch),
             batches_per_epoch=2**62,  # one endless epoch: a restart is a new loader_epoch
@@ -264,16 +265,17 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Every rank's part of a checkpoint, handed to the session; Ray ranks checkpoints by
-        their score, the gate value measured at this step (UNSCORED where none was)."""
+        the gate value measured at this step (UNSCORED where none was)."""
         progress = self.state.progress
         self.reporter.record_run(progress)
-        gate_value = progress.gate_value
-        score = UNSCORED if gate_value is None else gate_value
+        gate_value = UNSCORED if progress.gate_value is None else progress.gate_value
         with tempfile.TemporaryDirectory(prefix="ganforge-checkpoint-") as tmp:
             directory = Path(tmp)
             self.state.write(directory)
             self.reporter.upload_checkpoint(directory)
-            self.session.report({"kimg": progress.kimg, "score": score}, directory)
+            name = checkpoint_name(progress.images)
+            metrics = {"kimg": progress.kimg, "gate_value": gate_value}
+            self.session.report(metrics, directory, name)
 
     def close(self, failed: bool = False) -> None:
         """End the MLflow run after its uploads finish."""

@@ -33,7 +33,7 @@ PROGRESS_KEYS = frozenset(
         "kimg",
         "resolution",
         "fade_alpha",
-        "batch_size",
+        "global_batch",
         "workers",
         "images_per_second",
         "seconds_per_kimg",
@@ -140,7 +140,7 @@ class Reporter:
             kimg=progress.kimg,
             resolution=stage.resolution,
             fade_alpha=stage.fade_alpha,
-            batch_size=global_batch,
+            global_batch=global_batch,
             workers=self.world_size,
             images_per_second=shown / max(seconds, 1e-9),
             seconds_per_kimg=seconds / max(shown / 1000, 1e-9),
@@ -193,10 +193,10 @@ class Reporter:
         gate = gate_metric(self.config.metrics, results)
         progress.metrics, progress.gate_metric = results, gate
         improved = gate is not None and (
-            progress.best_score is None or results[gate] < progress.best_score
+            progress.best_gate_value is None or results[gate] < progress.best_gate_value
         )
         if improved:
-            progress.best_score, progress.best_kimg = results[gate], progress.kimg
+            progress.best_gate_value, progress.best_kimg = results[gate], progress.kimg
         if self.rank == 0:
             log.info(
                 "kimg %.3f metrics (%.1f s): %s%s",

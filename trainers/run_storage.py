@@ -1,7 +1,7 @@
 """Where runs live (`ganforge train --storage`): a local folder or s3://BUCKET/PREFIX, reached
 through pyarrow's filesystems as Ray Train reaches its storage_path (on S3 with the usual AWS
-settings, e.g. AWS_ENDPOINT_URL_S3). A run is <storage>/<run name>/ holding Ray's
-checkpoint_<time>/ folders, whose names sort in the order they were written."""
+settings, e.g. AWS_ENDPOINT_URL_S3). A run is <storage>/<run name>/ holding its
+checkpoint_<images>/ folders (`checkpoint_name`), whose names sort in training order."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ CHECKPOINT_PREFIX = "checkpoint_"
 STATE_NAME = "state.pt"
 CONFIG_NAME = "config.json"
 PROGRESS_NAME = "progress.json"
+
+
+def checkpoint_name(images: int) -> str:
+    """The folder of the checkpoint written after `images` real images were shown, under Ray
+    and without it alike: zero-padded, so that names sort in training order."""
+    return f"{CHECKPOINT_PREFIX}{images:012d}"
 
 
 class RunStorage:
@@ -71,7 +77,7 @@ class RunStorage:
         return self.filesystem.get_file_info(self._path(run)).type != pyarrow.fs.FileType.NotFound
 
     def checkpoints(self, run: str) -> list[str]:
-        """The run's checkpoint folder names, oldest first."""
+        """The run's checkpoint folder names, in training order."""
         return sorted(
             name
             for name, is_dir in self._names(run).items()
@@ -79,9 +85,17 @@ class RunStorage:
         )
 
     def latest_run(self) -> str | None:
-        """The run whose newest checkpoint is the newest of all."""
-        newest = [(self.checkpoints(run)[-1:], run) for run, d in self._names().items() if d]
-        found = [(names[0], run) for names, run in newest if names]
+        """The run whose last checkpoint was written last (by its progress record's time)."""
+        import pyarrow.fs
+
+        last = [(run, self.checkpoints(run)[-1:]) for run, d in self._names().items() if d]
+        paths = {run: self._path(run, names[0], PROGRESS_NAME) for run, names in last if names}
+        infos = self.filesystem.get_file_info(list(paths.values()))
+        found = [
+            (info.mtime_ns, run)
+            for run, info in zip(paths, infos, strict=True)
+            if info.type == pyarrow.fs.FileType.File
+        ]
         return max(found)[1] if found else None
 
     def read_progress(self, run: str, checkpoint: str) -> Progress:

@@ -66,7 +66,7 @@ class RunLogger:
     ):
         # MLflow's import computes platform.platform() (its telemetry schema), which runs
         # `uname -p` in a subprocess. Run from the background thread while the loop forks its
-        # loader workers, a loader inherits the subprocess's status pipe and the thread waits
+        # loader processes, a loader inherits the subprocess's status pipe and the thread waits
         # for good (seen: a hung `make bench` run). Computed here, on this thread, it is cached.
         platform.platform()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")

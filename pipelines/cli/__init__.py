@@ -9,9 +9,9 @@
   common.py    exit statuses and what the groups share
 
 Heavy imports (Prefect, Ray, MLflow, torch) happen inside commands, after what the command
-was given is checked, so that `--help` and usage errors take a fraction of a second and dataset
-pool workers stay light. Exit status: 0 success, 2 bad usage, 1 a failure at run time; each
-error is one line, its traceback shown with `ganforge --debug` (or GANFORGE_DEBUG=1).
+was given is checked, so that `--help` and usage errors take a fraction of a second and the
+dataset build's processes stay light. Exit status: 0 success, 2 bad usage, 1 a failure at run
+time; each error is one line, its traceback shown with `ganforge --debug` (or GANFORGE_DEBUG=1).
 """
 
 from __future__ import annotations

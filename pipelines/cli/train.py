@@ -22,7 +22,7 @@ def train(
             "--set",
             metavar="KEY=VALUE",
             help="Override a config key (dotted for sections, value read as YAML), "
-            "validated like the file: --set model.lr=0.0005 --set total_kimg=20.",
+            "validated like the file: --set model.optimizers.G.lr=0.0005 --set total_kimg=20.",
         ),
     ] = None,
     data: Annotated[
@@ -30,10 +30,12 @@ def train(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Ray Train workers (default: the config's workers)."),
+        typer.Option(
+            min=1, help="Ray Train workers, one rank each (default: the config's workers)."
+        ),
     ] = None,
     gpu: Annotated[
-        bool, typer.Option("--gpu", help="One GPU per worker, nccl and bf16 autocast.")
+        bool, typer.Option("--gpu", help="One GPU per worker, with nccl (precision: the config's).")
     ] = False,
     max_kimg: Annotated[
         float | None,
@@ -47,8 +49,8 @@ def train(
         bool,
         typer.Option(
             "--resume",
-            help="Continue --run-name (default: the latest run) from its latest checkpoint, "
-            "in the same MLflow run.",
+            help="Continue --run-name (default: the run checkpointed last) from its latest "
+            "checkpoint, in the same MLflow run.",
         ),
     ] = False,
     storage: Annotated[

@@ -1,7 +1,7 @@
 """Read a dataset's images: ShardReader streams one resolution as float NCHW batches in
 [-1, 1] for DDP training; real_chunks reads them once, in manifest order, for evaluation.
 
-Shards are split by rank, then by loader worker (disjoint while there are enough of them),
+Shards are split by rank, then by loader process (disjoint while there are enough of them),
 and resampled with replacement inside each split, so the stream never runs dry: every rank
 yields exactly `batches_per_epoch` batches per epoch whatever the shard count and world size,
 and no rank waits at an epoch end for another (the hang of uneven DDP epochs).
@@ -44,11 +44,11 @@ log = logging.getLogger(__name__)
 wds.gopen_schemes["s3"] = storage.gopen_s3
 
 
-def assign_shards(urls: list[str], rank: int, world_size: int, worker: int, workers: int):
-    """This (rank, loader worker)'s shards: disjoint slices while there are enough, shared
+def assign_shards(urls: list[str], rank: int, world_size: int, process: int, processes: int):
+    """This (rank, loader process)'s shards: disjoint slices while there are enough, shared
     (with different resampling seeds) when there are fewer shards than readers."""
     by_rank = urls[rank::world_size] if len(urls) >= world_size else urls
-    return by_rank[worker::workers] if len(by_rank) >= workers else by_rank
+    return by_rank[process::processes] if len(by_rank) >= processes else by_rank
 
 
 _BLOCK = 512
@@ -135,18 +135,19 @@ def to_model_range(batch: torch.Tensor) -> torch.Tensor:
 
 
 class ShardReader:
-    """Iterable of float batches [batch_size, 3, R, R] on `device` for one rank; len() batches
-    per epoch."""
+    """Iterable of float batches [batch_per_worker, 3, R, R] on `device` for one rank (one Ray
+    Train worker); len() batches per epoch. `loader_processes` decode in parallel (torch
+    DataLoader workers; 0: in this process)."""
 
     def __init__(
         self,
         root: str | Path,
         resolution: int,
-        batch_size: int,
+        batch_per_worker: int,
         *,
         rank: int = 0,
         world_size: int = 1,
-        num_workers: int = 2,
+        loader_processes: int = 2,
         shuffle_buffer: int = 1000,
         seed: int = 0,
         batches_per_epoch: int | None = None,
@@ -165,16 +166,18 @@ class ShardReader:
         self.urls = list(self._shards)
         self._refused: set[str] = set()  # this process's shards that differ from the manifest
         self.resolution = resolution
-        self.batch_size = batch_size
+        self.batch_per_worker = batch_per_worker
         self.rank, self.world_size = rank, world_size
-        self.num_workers = num_workers
+        self.loader_processes = loader_processes
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         samples = sum(s.count for s in shards)
         # Default: one pass over the data in expectation, the same count on every rank.
-        self.batches_per_epoch = batches_per_epoch or max(1, samples // (batch_size * world_size))
+        self.batches_per_epoch = batches_per_epoch or max(
+            1, samples // (batch_per_worker * world_size)
+        )
         self.epoch = 0
-        # Loader workers ship uint8 (4x fewer bytes through shared memory, and to the device);
+        # Loader processes ship uint8 (4x fewer bytes through shared memory, and to the device);
         # the float conversion happens where the batch is used.
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._skipped = multiprocessing.get_context().Value("q", 0)
@@ -184,19 +187,20 @@ class ShardReader:
 
     @property
     def skipped(self) -> int:
-        """Corrupt samples (or unreadable shard parts) skipped so far, over all loader workers."""
+        """Corrupt samples (or unreadable shard parts) skipped so far, over all loader
+        processes."""
         return self._skipped.value
 
     def _stream_seed(self) -> list[int]:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info else 0
-        return [self.seed, self.epoch, self.rank, worker]
+        info = torch.utils.data.get_worker_info()  # this loader process, None in the worker
+        process = info.id if info else 0
+        return [self.seed, self.epoch, self.rank, process]
 
     def _shard_urls(self) -> Iterator[str]:
-        """Endless resampled shard URLs for this rank and loader worker, less the refused."""
+        """Endless resampled shard URLs for this rank and loader process, less the refused."""
         info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        urls = assign_shards(self.urls, self.rank, self.world_size, worker, workers)
+        process, processes = (info.id, info.num_workers) if info else (0, 1)
+        urls = assign_shards(self.urls, self.rank, self.world_size, process, processes)
         rng = random.Random(str(self._stream_seed()))
         while True:
             usable = [url for url in urls if url not in self._refused]
@@ -241,14 +245,14 @@ class ShardReader:
             self._shuffle,
             wds.map(self._decode),
             wds.select(_is_decoded),
-            wds.batched(self.batch_size, collation_fn=torch.stack, partial=False),
+            wds.batched(self.batch_per_worker, collation_fn=torch.stack, partial=False),
         )
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         loader = wds.WebLoader(
             self._pipeline(),
             batch_size=None,
-            num_workers=self.num_workers,
+            num_workers=self.loader_processes,
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
         ).with_epoch(self.batches_per_epoch)

@@ -144,7 +144,7 @@ _clients_lock = threading.Lock()
 
 
 def client():
-    """This process's S3 client (thread-safe; a forked loader worker makes its own)."""
+    """This process's S3 client (thread-safe; a forked loader process makes its own)."""
     pid = os.getpid()
     if pid not in _clients:
         with _clients_lock:

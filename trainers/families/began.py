@@ -1,5 +1,5 @@
 """BEGAN (Berthelot et al. 2017): an autoencoder discriminator, k_t equilibrium control, and
-the convergence measure M_global as a metric of its own."""
+the paper's convergence measure M_global as a metric of its own, `m_global`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from trainers.families.base import (
 if TYPE_CHECKING:
     from trainers.metrics.evaluation import Evaluation
 
-CONVERGENCE = "m_global"  # the metric's registered name
+M_GLOBAL = "m_global"  # the metric's registered name
 
 
 class BeganAdam(AdamConfig):
@@ -38,7 +38,7 @@ class BeganOptimizers(Strict):
 class BeganConfig(FixedResolutionConfig):
     family: Literal["began"] = "began"
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
-    channels: int = Field(default=64, ge=1)  # n = 64 filters in the paper's nets
+    channels: int = Field(default=64, ge=1)  # filters next to the image: the paper's n = 64
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
     lambda_k: float = Field(default=0.001, gt=0)  # λ_k: k_t's proportional gain
     k_initial: float = Field(default=0.0, ge=0, le=1)  # k_0 = 0 in the paper
@@ -50,7 +50,7 @@ class BeganConfig(FixedResolutionConfig):
 class Began(Family):
     name = "began"
     config_class = BeganConfig
-    metric_names = (CONVERGENCE,)
+    metric_names = (M_GLOBAL,)
     config: BeganConfig
 
     @property
@@ -93,9 +93,9 @@ class Began(Family):
         return max(self.adam(network).lr * 0.5**halvings, self.config.lr_floor)
 
     def metrics(self):
-        return {CONVERGENCE: self._convergence}
+        return {M_GLOBAL: self._m_global}
 
-    def _convergence(self, evaluation: Evaluation) -> dict[str, float]:
+    def _m_global(self, evaluation: Evaluation) -> dict[str, float]:
         """M_global = L(x) + |γ L(x) − L(G(z))| (the paper's eq. 5), L the L1 reconstruction
         error of the autoencoder discriminator, over every real image and as many generated."""
         import torch
@@ -118,4 +118,4 @@ class Began(Family):
         real = errors(evaluation.real_chunks()).double()
         fake = errors(evaluation.fake_chunks(len(real))).double()
         balance = self.config.gamma * real.mean() - fake.mean()
-        return {CONVERGENCE: float(real.mean() + balance.abs())}
+        return {M_GLOBAL: float(real.mean() + balance.abs())}

@@ -28,12 +28,14 @@ class ProganConfig(FamilyConfig):
     resolution: Resolution = 1024  # the resolution growing ends at
     start_resolution: Resolution = 4  # the paper starts at 4²
     latent_dim: int = Field(default=512, ge=1)  # the paper's 512-d latent
-    fmap_base: int = Field(default=8192, ge=1)  # channels = min(fmap_base / 2^stage, fmap_max)
+    # the official code's widths, not one `channels`: the block at each resolution has
+    # min(fmap_base / 2^(stage + 1), fmap_max) feature maps, stage 0 at 4²
+    fmap_base: int = Field(default=8192, ge=1)
     fmap_max: int = Field(default=512, ge=1)  # official cap of feature maps per layer
     mbstd_group_size: int = Field(default=4, ge=2)  # minibatch-stddev group of the paper
     fade_kimg: float = Field(default=600.0, gt=0)  # official lod_transition_kimg
     stable_kimg: float = Field(default=600.0, gt=0)  # official lod_training_kimg
-    n_critic: int = Field(default=1, ge=1)  # official: one D step per G step
+    n_critic: int = Field(default=1, ge=1)  # D steps per G step; official: one
     gp_weight: float = Field(default=10.0, ge=0)  # λ of WGAN-GP, as the paper
     drift_weight: float = Field(default=0.001, ge=0)  # ε_drift keeps D's output near 0
     ema_beta: float = Field(default=0.999, ge=0, lt=1)  # the paper's generator EMA decay

@@ -1,5 +1,5 @@
-"""WGAN-GP (Gulrajani et al. 2017): DCGAN-style G and critic, Wasserstein loss with gradient
-penalty, n_critic critic steps per generator step."""
+"""WGAN-GP (Gulrajani et al. 2017): DCGAN-style G and D (the paper's "critic"), Wasserstein loss
+with gradient penalty, n_critic D steps per G step."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ class WganGpConfig(FixedResolutionConfig):
 
     family: Literal["wgan_gp"] = "wgan_gp"
     latent_dim: int = Field(default=128, ge=1)  # official code's noise size
-    base_channels: int = Field(default=64, ge=1)  # DIM in the official DCGAN nets
+    channels: int = Field(default=64, ge=1)  # filters next to the image: DIM in the official nets
     kernel_size: Literal[4, 5] = 5  # official: 5×5 (transposed) convolutions, stride 2
-    # official: LayerNorm on the critic's convs 2-4 (its Normalize() under MODE wgan-gp); batch
-    # norm would mix the samples whose gradients the penalty takes one by one
-    critic_norm: Literal["none", "layer"] = "layer"
+    # official: LayerNorm on D's convs 2-4 (its Normalize() under MODE wgan-gp); batch norm
+    # would mix the samples whose gradients the penalty takes one by one
+    discriminator_norm: Literal["none", "layer"] = "layer"
     init_std: float | None = Field(default=0.02, gt=0)  # official: N(0, 0.02); None: PyTorch's
-    n_critic: int = Field(default=5, ge=1)  # critic steps per generator step
+    n_critic: int = Field(default=5, ge=1)  # D steps per G step (the paper's name)
     gp_weight: float = Field(default=10.0, ge=0)  # λ: the paper's penalty weight
     optimizers: WganGpOptimizers = WganGpOptimizers()
 
@@ -45,15 +45,15 @@ class WganGp(Family):
         from trainers.networks.dcgan import DCGANGenerator
 
         c = self.config
-        return DCGANGenerator(
-            c.resolution, c.latent_dim, c.base_channels, c.kernel_size, c.init_std
-        )
+        return DCGANGenerator(c.resolution, c.latent_dim, c.channels, c.kernel_size, c.init_std)
 
     def build_discriminator(self):
-        from trainers.networks.dcgan import DCGANCritic
+        from trainers.networks.dcgan import DCGANDiscriminator
 
         c = self.config
-        return DCGANCritic(c.resolution, c.base_channels, c.kernel_size, c.critic_norm, c.init_std)
+        return DCGANDiscriminator(
+            c.resolution, c.channels, c.kernel_size, c.discriminator_norm, c.init_std
+        )
 
     def build_loss(self, generator, discriminator):
         from trainers.losses.wgan_gp import WGANGPLoss

@@ -59,9 +59,10 @@ class BEGANLoss(GanLoss):
         reconstruction_fake = metrics["D/reconstruction_fake"].to(self.k)
         balance = self.gamma * reconstruction_real - reconstruction_fake
         self.k = (self.k + self.lambda_k * balance).clamp(0.0, 1.0)
-        # M_global of the paper: low when reconstructions are good and the balance holds.
-        convergence = reconstruction_real + balance.abs()
-        return {"k_t": self.k.clone(), "convergence": convergence}
+        # The paper's convergence measure M_global on this step's batch (the metric m_global
+        # measures it over the dataset): low when reconstructions are good and the balance holds.
+        m_global = reconstruction_real + balance.abs()
+        return {"k_t": self.k.clone(), "m_global_batch": m_global}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"k_t": self.k.clone()}

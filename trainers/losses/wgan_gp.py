@@ -12,24 +12,24 @@ from trainers.losses.base import GanLoss, Phase, StepState
 
 
 def wgan_gp_phases(n_critic: int) -> list[Phase]:
-    """The critic trains every step, the generator every n_critic-th step (5 in the paper)."""
+    """D trains every step, G every n_critic-th step (5 in the paper)."""
     return [Phase("D", "D", 1), Phase("G", "G", n_critic)]
 
 
 def gradient_penalty(
-    critic_fn: Callable[[torch.Tensor], torch.Tensor],
+    discriminator_fn: Callable[[torch.Tensor], torch.Tensor],
     real: torch.Tensor,
     fake: torch.Tensor,
     epsilon: torch.Tensor,
 ) -> torch.Tensor:
-    """mean over samples of (‖∇_x̂ critic(x̂)‖₂ − 1)² at x̂ = ε·real + (1 − ε)·fake.
+    """mean over samples of (‖∇_x̂ D(x̂)‖₂ − 1)² at x̂ = ε·real + (1 − ε)·fake.
 
     `epsilon` holds one weight per sample [N]. The graph is kept (create_graph) so the
-    penalty's gradient reaches the critic's parameters.
+    penalty's gradient reaches D's parameters.
     """
     weights = epsilon.view(-1, *[1] * (real.dim() - 1))  # [N, 1, ...] broadcast per sample
     interpolated = torch.lerp(fake, real, weights).detach().requires_grad_(True)
-    scores = critic_fn(interpolated)
+    scores = discriminator_fn(interpolated)
     (gradients,) = torch.autograd.grad(scores.sum(), interpolated, create_graph=True)
     norms = gradients.float().flatten(1).norm(dim=1)  # [N]
     return (norms - 1).square().mean()
@@ -52,15 +52,15 @@ class WGANGPLoss(GanLoss):
         self, phase: Phase, real: torch.Tensor, state: StepState
     ) -> dict[str, torch.Tensor]:
         if phase.trains == "D":
-            return self._critic_step(real, state)
+            return self._discriminator_step(real, state)
         loss = -self.discriminate(self.generate(len(real), state, real.device), state).mean()
         loss.backward()
         return {"loss": loss.detach()}
 
-    def _critic_step(self, real: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
+    def _discriminator_step(self, real: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             fake = self.generate(len(real), state, real.device)
-        # One critic call per batch kind, so minibatch stddev sees only real or only fake.
+        # One D call per batch kind, so minibatch stddev sees only real or only fake.
         real_scores = self.discriminate(real, state)
         fake_scores = self.discriminate(fake, state)
         epsilon = state.rows(

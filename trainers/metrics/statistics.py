@@ -18,7 +18,7 @@ class FeatureStatistics:
     """Running mean and covariance of feature vectors.
 
     Holds the count, the sum and the sum of outer products in float64, so statistics of
-    batches, loader workers or ranks merge exactly by addition (and the two tensors can be
+    batches, loader processes or ranks merge exactly by addition (and the two tensors can be
     all-reduced as they are).
     """
 

@@ -1,7 +1,8 @@
-"""DCGAN-style generator and critic of WGAN-GP (Gulrajani et al. 2017) at 32, 64 or 128 px.
+"""DCGAN-style generator and discriminator (the paper's "critic") of WGAN-GP (Gulrajani et al.
+2017) at 32, 64 or 128 px.
 
 The official code's 64² nets (gan_64x64.py, DCGANGenerator / DCGANDiscriminator) are
-kernel_size=5, critic_norm="layer", init_std=0.02."""
+kernel_size=5, discriminator_norm="layer", init_std=0.02."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ MIN_RESOLUTION = 32
 MAX_RESOLUTION = 128
 
 
-def _channels_per_scale(resolution: int, base_channels: int) -> list[int]:
+def _channels_per_scale(resolution: int, channels: int) -> list[int]:
     """Feature maps from the 4×4 end to the full-resolution end: halving per doubling of size,
-    base_channels next to the image (64 px, base 64: [512, 256, 128, 64])."""
+    `channels` next to the image (64 px, channels 64: [512, 256, 128, 64])."""
     doublings = resolution.bit_length() - 3  # 4 · 2**doublings = resolution
-    return [base_channels * 2**i for i in reversed(range(doublings))]
+    return [channels * 2**i for i in reversed(range(doublings))]
 
 
 def _transposed(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Module:
@@ -51,7 +52,7 @@ class DCGANGenerator(nn.Module):
         self,
         resolution: int = 64,
         latent_dim: int = 128,
-        base_channels: int = 64,
+        channels: int = 64,
         kernel_size: int = 5,
         init_std: float | None = 0.02,
     ):
@@ -59,21 +60,21 @@ class DCGANGenerator(nn.Module):
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "DCGANGenerator")
         self.resolution = resolution
         self.latent_dim = latent_dim  # 128 in the WGAN-GP code
-        channels = _channels_per_scale(resolution, base_channels)
+        widths = _channels_per_scale(resolution, channels)
         # bias=False before BatchNorm: its shift makes a bias redundant.
         layers: list[nn.Module] = [
-            nn.Linear(latent_dim, channels[0] * 4 * 4, bias=False),
-            nn.Unflatten(1, (channels[0], 4, 4)),
-            nn.BatchNorm2d(channels[0]),
+            nn.Linear(latent_dim, widths[0] * 4 * 4, bias=False),
+            nn.Unflatten(1, (widths[0], 4, 4)),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         ]
-        for in_channels, out_channels in pairwise(channels):
+        for in_channels, out_channels in pairwise(widths):
             layers += [
                 _transposed(in_channels, out_channels, kernel_size, bias=False),
                 nn.BatchNorm2d(out_channels),
                 nn.ReLU(),
             ]
-        layers += [_transposed(channels[-1], 3, kernel_size, bias=True), nn.Tanh()]
+        layers += [_transposed(widths[-1], 3, kernel_size, bias=True), nn.Tanh()]
         self.layers = nn.Sequential(*layers)
         _initialize(self, init_std)
 
@@ -82,32 +83,32 @@ class DCGANGenerator(nn.Module):
         return self.layers(z)
 
 
-class DCGANCritic(nn.Module):
+class DCGANDiscriminator(nn.Module):
     """Stride-2 convs with leaky ReLU down to 4×4, then linear to a score. With
-    critic_norm="layer", every conv but the first is followed by a per-sample LayerNorm over
+    discriminator_norm="layer", every conv but the first is followed by a per-sample LayerNorm over
     (C, H, W) with a per-channel scale and shift (GroupNorm of one group), as the official
     code; never batch norm: the gradient penalty is per sample, and batch norm mixes samples."""
 
     def __init__(
         self,
         resolution: int = 64,
-        base_channels: int = 64,
+        channels: int = 64,
         kernel_size: int = 5,
-        critic_norm: str = "layer",
+        discriminator_norm: str = "layer",
         init_std: float | None = 0.02,
     ):
         super().__init__()
-        validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "DCGANCritic")
+        validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "DCGANDiscriminator")
         self.resolution = resolution
-        channels = [3, *reversed(_channels_per_scale(resolution, base_channels))]
+        widths = [3, *reversed(_channels_per_scale(resolution, channels))]
         layers: list[nn.Module] = []
-        for index, (in_channels, out_channels) in enumerate(pairwise(channels)):
+        for index, (in_channels, out_channels) in enumerate(pairwise(widths)):
             padding = (kernel_size - 1) // 2  # halves the size exactly: 1 for 4×4, 2 for 5×5
             layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, 2, padding))
-            if critic_norm == "layer" and index > 0:
+            if discriminator_norm == "layer" and index > 0:
                 layers.append(nn.GroupNorm(1, out_channels))
             layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE))
-        layers += [nn.Flatten(), nn.Linear(channels[-1] * 4 * 4, 1)]
+        layers += [nn.Flatten(), nn.Linear(widths[-1] * 4 * 4, 1)]
         self.layers = nn.Sequential(*layers)
         _initialize(self, init_std)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LEAKY_RELU_SLOPE = 0.2  # DCGAN critic and ProGAN, as both papers
+LEAKY_RELU_SLOPE = 0.2  # DCGAN discriminator and ProGAN, as both papers
 PIXEL_NORM_EPSILON = 1e-8  # the ProGAN paper's epsilon
 MINIBATCH_STDDEV_EPSILON = 1e-8  # keeps sqrt differentiable where a group has no variance
 
@@ -67,7 +67,7 @@ class PixelNorm(nn.Module):
 
 class MinibatchStddev(nn.Module):
     """Appends one feature map: the stddev of each feature over a group of samples, averaged
-    over features and pixels, so the critic can see a lack of variety in a batch.
+    over features and pixels, so D can see a lack of variety in a batch.
 
     The batch is split into N / G groups of G = min(group_size, N) consecutive samples (the
     official code strides them, i % (N / G)): split at multiples of G over workers, a global
@@ -89,7 +89,7 @@ class MinibatchStddev(nn.Module):
         if batch % group_size:
             raise ValueError(
                 f"minibatch stddev: a batch of {batch} samples does not split into groups of "
-                f"{group_size}; use a per-device batch size that is a multiple of "
+                f"{group_size}; use a batch per worker that is a multiple of "
                 f"mbstd_group_size"
             )
         groups = batch // group_size
