@@ -324,6 +324,6 @@ def test_a_retried_training_resumes_its_checkpoint_or_starts_afresh(tmp_path):
     assert not (tmp_path / "began-0123").exists()
     (aside,) = tmp_path.glob("began-0123.failed-*")
     assert (aside / "train.log").read_text() == "the first attempt's failure\n"
-    (tmp_path / "began-0123" / "checkpoint_2026-12-06_15-22-31.000001").mkdir(parents=True)
+    (tmp_path / "began-0123" / "checkpoint_000000000384").mkdir(parents=True)
     assert resumable(tmp_path, "began-0123")
     assert (tmp_path / "began-0123").exists()
