@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.build import set_prefect_env
 
     set_prefect_env()
+    # MLflow draws a "Downloading artifacts" bar per file of every model the quality bench loads
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from benchmarks import build, metrics, quality, reader, synthetic, training
     from benchmarks.common import format_table, write_result
 
