@@ -72,7 +72,7 @@ def measure(sampler, real_std: float) -> dict:
 
 def run(tracking_uri: str) -> tuple[dict, list[Row]]:
     from pipelines.registry import RegistryError, load_generator
-    from trainers.families.base import LatentPrior
+    from trainers.prior import LatentPrior
     from trainers.sampling import Sampler
 
     first = _real_images(0, COUNT)

@@ -254,7 +254,7 @@ def load_generator(uri: str, tracking_uri: str) -> LoadedGenerator:
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from trainers.families.base import LatentPrior
+    from trainers.prior import LatentPrior
     from trainers.sampling import Sampler
 
     with (

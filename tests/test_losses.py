@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from tests.configs import tiny_config
-from trainers.families.base import LatentPrior
 from trainers.loop import DirectorySession, RunOptions, Trainer
 from trainers.losses.base import Phase, StepState
 from trainers.losses.began import BEGANLoss, began_phases
@@ -18,6 +17,7 @@ from trainers.losses.wgan_gp import WGANGPLoss, gradient_penalty, wgan_gp_phases
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
 from trainers.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from trainers.networks.progan import ProGANDiscriminator, ProGANGenerator
+from trainers.prior import LatentPrior
 from trainers.schedule import Stage
 
 BATCH = 4

@@ -17,7 +17,6 @@ from torch import nn
 from trainers import distributed
 from trainers.data.reader import decode_image, real_chunks, ustar_members
 from trainers.data.storage import load_manifest
-from trainers.families.base import LatentPrior
 from trainers.families.began import Began, BeganConfig
 from trainers.families.wgan_gp import WganGp, WganGpConfig
 from trainers.metrics import driver
@@ -25,6 +24,7 @@ from trainers.metrics.collective import EvaluationTimeout, evaluation_group, gat
 from trainers.metrics.driver import evaluate
 from trainers.metrics.evaluation import Evaluation
 from trainers.metrics.registry import get_metric
+from trainers.prior import LatentPrior
 from trainers.sampling import Sampler
 
 

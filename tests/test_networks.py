@@ -12,11 +12,11 @@ from torch import nn
 
 from trainers.ema import update_ema
 from trainers.families import FAMILIES
-from trainers.families.base import LatentPrior
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
 from trainers.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from trainers.networks.layers import EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm
 from trainers.networks.progan import ProGANDiscriminator, ProGANGenerator, feature_maps
+from trainers.prior import LatentPrior
 
 BATCH = 4
 # Small ProGAN widths so the tests run in seconds: 16 channels at 4 and 8 px, 8 at 16, 4 at 32.

@@ -136,11 +136,11 @@ def test_reader_over_s3_yields_the_local_batches(cli_build, small_dataset):
 
 def test_swd_over_s3_equals_the_local_measurement(cli_build, small_dataset, env, monkeypatch):
     """Metrics read the real side straight from S3, and cache it in this machine's cache."""
-    from trainers.families.base import LatentPrior
     from trainers.metrics.cache import statistics_dir
     from trainers.metrics.driver import evaluate
     from trainers.metrics.evaluation import Evaluation
     from trainers.networks.progan import ProGANGenerator
+    from trainers.prior import LatentPrior
     from trainers.sampling import Sampler
 
     monkeypatch.setenv("GANFORGE_CACHE_DIR", env["XDG_CACHE_HOME"])

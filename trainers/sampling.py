@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainers.families.base import LatentPrior
 from trainers.precision import autocast
+from trainers.prior import LatentPrior
 
 GRID_CELL_MIN_PIXELS = 64  # small resolutions are enlarged (nearest) so a grid stays legible
 CHUNK = 64  # latents per forward pass

@@ -17,10 +17,11 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from trainers.families.base import Family, FamilyConfig, LatentPrior
+from trainers.families.base import Family, FamilyConfig
 from trainers.families.began import Began
 from trainers.families.progan import Progan
 from trainers.families.wgan_gp import WganGp
+from trainers.prior import LatentPrior
 
 ENTRY_POINT_GROUP = "ganforge.families"
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION
+from trainers.prior import LatentPrior
 from trainers.schedule import GrowthSchedule, Stage
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from trainers.losses.base import GanLoss, Phase
@@ -46,42 +45,6 @@ class AdamConfig(Strict):
     lr: float = Field(default=1e-4, gt=0)  # α at the start of training
     betas: tuple[Beta, Beta] = (0.9, 0.999)  # β1, β2
     eps: float = Field(default=1e-8, gt=0)  # ε
-
-
-@dataclass(frozen=True)
-class LatentPrior:
-    """The distribution G's latents come from. Recorded with every checkpoint and registered
-    model, so whoever samples a generator feeds it what it was trained on."""
-
-    distribution: Literal["normal", "uniform"]  # N(0, 1), or U[-1, 1] per component
-    latent_dim: int
-
-    def sample(
-        self, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
-    ) -> torch.Tensor:
-        """[n, latent_dim] float32, drawn on the RNG's own device and then moved, so a CPU
-        generator gives the same numbers to a model on any device."""
-        import torch
-
-        shape = (n, self.latent_dim)
-        if self.distribution == "normal":
-            latents = torch.randn(shape, generator=generator, device=generator.device)
-        else:
-            latents = torch.rand(shape, generator=generator, device=generator.device) * 2 - 1
-        return latents.to(device)
-
-    def seeded(self, n: int, seed: int) -> torch.Tensor:
-        """The n latents `ganforge sample --seed` draws: equal for a checkpoint and its model."""
-        import torch
-
-        return self.sample(n, torch.Generator().manual_seed(seed))
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> LatentPrior:
-        return cls(data["distribution"], int(data["latent_dim"]))
 
 
 class FamilyConfig(Strict):

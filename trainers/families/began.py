@@ -8,14 +8,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from trainers.families.base import (
-    AdamConfig,
-    Beta,
-    Family,
-    FixedResolutionConfig,
-    LatentPrior,
-    Strict,
-)
+from trainers.families.base import AdamConfig, Beta, Family, FixedResolutionConfig, Strict
+from trainers.prior import LatentPrior
 
 if TYPE_CHECKING:
     from trainers.metrics.evaluation import Evaluation

@@ -19,7 +19,7 @@ from torch import nn
 from trainers.precision import autocast
 
 if TYPE_CHECKING:
-    from trainers.families.base import LatentPrior
+    from trainers.prior import LatentPrior
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import LatentPrior
 from trainers.losses.base import GanLoss, Phase, StepState
+from trainers.prior import LatentPrior
 
 
 def began_phases() -> list[Phase]:

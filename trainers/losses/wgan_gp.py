@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from trainers.families.base import LatentPrior
 from trainers.losses.base import GanLoss, Phase, StepState
+from trainers.prior import LatentPrior
 
 
 def wgan_gp_phases(n_critic: int) -> list[Phase]:
