@@ -60,7 +60,7 @@ def test_paper_progan_preset_grows_to_1024():
             ["--workers", "4", "--set", "min_workers=3"],
             "min_workers=3: batch_per_resolution[4] = 16 does not split over 3 workers",
         ),
-        (["--set", "min_workers=3"], "min_workers 3 is above workers 2"),
+        (["--workers", "2", "--set", "min_workers=3"], "min_workers 3 is above workers 2"),
     ],
 )
 def test_config_errors_exit_2_naming_the_key(args, named, small_dataset, tmp_path):
