@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+from trainers.data.storage import S3Dataset, S3Url, read_bytes
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
@@ -51,7 +52,7 @@ def list_inputs(config: BuildDatasetConfig) -> Listing:
         identity = f"synthetic-v{GENERATOR_VERSION}:seed={config.seed}:n={config.num_images}"
         return Listing(refs, [], hashlib.sha256(identity.encode()).hexdigest())
     assert config.input is not None
-    names = _archive_names(Path(config.input))
+    names = _archive_names(config.input)
     images = sorted(
         (n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
     )
@@ -75,10 +76,11 @@ def _list_celeba(config: BuildDatasetConfig, images: list[str], ignored: list[st
 
     assert config.landmarks is not None
     try:
-        rows = celeba.read_landmarks(Path(config.landmarks))
-        chosen = celeba.read_image_list(Path(config.image_list)) if config.image_list else None
-    except OSError as error:
-        raise SourceError(f"cannot read {error.filename}: {error.strerror}") from None
+        rows = celeba.read_landmarks(config.landmarks)
+        chosen = celeba.read_image_list(config.image_list) if config.image_list else None
+    except OSError as error:  # on S3 there is no file name: the message names the object
+        what = f"{error.filename}: {error.strerror}" if error.filename else error
+        raise SourceError(f"cannot read {what}") from None
     except (celeba.LandmarkFileError, celeba.ImageListError) as error:
         raise SourceError(str(error)) from None
     found: dict[str, str] = {}
@@ -103,14 +105,19 @@ def _list_celeba(config: BuildDatasetConfig, images: list[str], ignored: list[st
             f"none of the {len(wanted)} images {config.landmarks} lists is in {config.input}"
         )
     digest = hashlib.sha256()
-    for part in (Path(config.landmarks), config.image_list):
-        digest.update(Path(part).read_bytes() if part else b"-")
+    for part in (config.landmarks, config.image_list):
+        digest.update(read_bytes(part) if part else b"-")
     digest.update("\n".join(r.path for r in inputs).encode())
     return Listing(inputs, ignored, digest.hexdigest(), missing, unlisted, chosen is None)
 
 
-def _archive_names(root: Path) -> list[str]:
-    """Every regular file's path relative to the folder or archive, POSIX separators."""
+def _archive_names(root: Path | S3Url) -> list[str]:
+    """Every regular file's path relative to the folder, archive or S3 prefix, POSIX separators."""
+    if isinstance(root, S3Url):
+        try:  # a key ending in "/" is a console's folder marker, not a file
+            return [name for name in S3Dataset(root).files([""]) if not name.endswith("/")]
+        except OSError as error:  # no such bucket, access denied, S3 unreachable
+            raise SourceError(f"cannot list --input {root}: {error}") from None
     if not root.exists():
         raise SourceError(f"--input {root} does not exist")
     try:
@@ -127,8 +134,11 @@ def _archive_names(root: Path) -> list[str]:
     raise SourceError(f"--input {root} is neither a folder nor a .zip or .tar archive")
 
 
-def read_input(root: Path, name: str) -> bytes:
-    """Raw bytes of one input (runs in pool workers; archives are opened once per process)."""
+def read_input(root: Path | S3Url, name: str) -> bytes:
+    """Raw bytes of one input (runs in workers; archives are opened once per process, S3
+    objects streamed with retries)."""
+    if isinstance(root, S3Url):
+        return S3Dataset(root).read(name)
     if root.is_dir():
         return (root / name).read_bytes()
     archive = _open_archive(root)

@@ -70,6 +70,11 @@ class LocalDataset:
     def open(self, name: str) -> BinaryIO:
         return open(self.root / name, "rb")
 
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        with self.open(name) as file:
+            file.seek(offset)
+            return file.read(length)
+
     def open_shard(self, shard: ShardEntry) -> BinaryIO:
         """A listed shard, unchecked: hashing costs 7% of the reader's images/s (64², parse +
         PNG decode), and a local dataset is checked by DVC and `ganforge data verify`."""
@@ -182,14 +187,15 @@ def s3_request(action: str, url: S3Url) -> Iterator[None]:
 
 
 class ObjectStream(io.RawIOBase):
-    """One GET's body as a raw stream. A read that fails mid-way (connection reset, timeout,
-    short body) is resumed where it stopped, by a Range GET pinned to the object's ETag (so a
-    replaced object is an error, not a splice), up to READ_ATTEMPTS times with backoff. Given an
-    ETag, the first GET is pinned to it too."""
+    """One GET's body as a raw stream: the object, or its bytes [start, end). A read that fails
+    mid-way (connection reset, timeout, short body) is resumed where it stopped, by a Range GET
+    pinned to the object's ETag (so a replaced object is an error, not a splice), up to
+    READ_ATTEMPTS times with backoff. Given an ETag, the first GET is pinned to it too."""
 
-    def __init__(self, url: S3Url, etag: str | None = None):
+    def __init__(self, url: S3Url, etag: str | None = None, start: int = 0, end: int | None = None):
         self.url = url
-        self._position = 0
+        self._position = start
+        self._end = end
         self._etag = etag
         self._body = None
         self._get()
@@ -198,8 +204,9 @@ class ObjectStream(io.RawIOBase):
         arguments: dict[str, Any] = {"Bucket": self.url.bucket, "Key": self.url.key}
         if self._etag is not None:
             arguments["IfMatch"] = self._etag
-        if self._position:
-            arguments["Range"] = f"bytes={self._position}-"
+        if self._position or self._end is not None:
+            last = "" if self._end is None else self._end - 1  # HTTP ranges include the last
+            arguments["Range"] = f"bytes={self._position}-{last}"
         with s3_request("read", self.url):
             response = client().get_object(**arguments)
         self._etag = response["ETag"]
@@ -216,6 +223,8 @@ class ObjectStream(io.RawIOBase):
         )
 
         transient = (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ConnectionError)
+        if self._end is not None and self._position >= self._end:
+            return 0  # the range is read: no resumed GET of an empty range
         for attempt in range(READ_ATTEMPTS):
             try:
                 data = self._body.read(len(buffer))
@@ -241,6 +250,14 @@ class ObjectStream(io.RawIOBase):
 
 def open_object(url: S3Url, etag: str | None = None) -> BinaryIO:
     return io.BufferedReader(ObjectStream(url, etag), buffer_size=READ_BUFFER)
+
+
+def read_bytes(location: Path | S3Url) -> bytes:
+    """The whole of one file: a local path or an S3 object (streamed, with resumed reads)."""
+    if isinstance(location, S3Url):
+        with open_object(location) as stream:
+            return stream.read()
+    return Path(location).read_bytes()
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_) -> BinaryIO:
@@ -303,6 +320,11 @@ class S3Dataset:
 
     def open(self, name: str) -> BinaryIO:
         return open_object(self.root.join(name))
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """One GET of `length` bytes from `offset` (resumed like any read if it is cut)."""
+        with ObjectStream(self.root.join(name), start=offset, end=offset + length) as stream:
+            return stream.readall()
 
     def open_shard(self, shard: ShardEntry) -> BinaryIO:
         """A listed shard, refused (ShardMismatchError) unless it holds the manifest's bytes."""
