@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -87,10 +88,27 @@ def throughput_case(
     )
     for build in payload["builds"]:
         build["crops_per_s_per_worker"] = build["images_per_s_wall"] / build["workers"]
+        # where a worker's time goes: in tasks, or waiting (the flow's start and end, the
+        # scheduling of each task, the last chunks' tail)
+        tasks = [run["tasks"] for run in build["runs"]]
+        build["workers_busy_fraction"] = statistics.median(t["busy_fraction"] for t in tasks)
+        build["overhead_per_task_s"] = statistics.median(
+            t["overhead_per_task_s_median"] for t in tasks
+        )
         rows.append(
             Row(
                 f"celeba crops per worker, {build['workers']} worker(s)",
                 f"{build['crops_per_s_per_worker']:.2f} crops/s",
+                "-",
+                None,
+                None,
+                None,
+            )
+        )
+        rows.append(
+            Row(
+                f"  workers busy in tasks, {build['workers']} worker(s)",
+                f"{build['workers_busy_fraction']:.0%} of the flow",
                 "-",
                 None,
                 None,

@@ -71,6 +71,21 @@ def process_started_at() -> float:
         return IMPORTED_AT
 
 
+# What Prefect's own temporary server runs (prefect.server.api.server.SubprocessASGIServer, less
+# its --app-dir; tests/test_cli.py compares them): the API without the UI, in ephemeral mode.
+TEMPORARY_SERVER_ENVIRONMENT = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
+
+
+def temporary_server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+
+
 class PrefectApiUnavailable(Exception):
     """The temporary Prefect server did not start."""
 
@@ -96,21 +111,13 @@ class PrefectApi:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        # what prefect.server.api.server.SubprocessASGIServer runs (tests/test_cli.py checks)
-        environment = os.environ | {
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        }
         self._log = tempfile.TemporaryFile()
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-            env=environment,
+            temporary_server_command(port),
+            env=os.environ | TEMPORARY_SERVER_ENVIRONMENT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         self.url = f"http://127.0.0.1:{port}/api"
         os.environ["PREFECT_API_URL"] = self.url  # read when this process imports Prefect
         return self

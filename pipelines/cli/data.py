@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -42,11 +42,18 @@ def config_error_message(error: ValidationError) -> str:
     return "invalid build config: " + "; ".join(lines)
 
 
+def _types(annotation: Any) -> set:
+    """The types an annotation allows, unions and Annotated's metadata unwrapped."""
+    if get_origin(annotation) is Annotated:
+        return _types(get_args(annotation)[0])
+    return set().union(*map(_types, get_args(annotation))) if get_args(annotation) else {annotation}
+
+
 def _config_option(name: str) -> inspect.Parameter:
     """--NAME for a BuildDatasetConfig field: its type, its help and default (option_help),
     None when not given (then --params or the config's default decides)."""
     field = BuildDatasetConfig.model_fields[name]
-    kinds = [t for t in get_args(field.annotation) or [field.annotation] if t is not type(None)]
+    kinds = _types(field.annotation) - {type(None)}
     if S3Url in kinds:  # a Location, taken as text: a Path would fold the "//" of s3://
         kind, metavar = str, "<path|s3://...>"
     else:

@@ -47,6 +47,7 @@ class TaskRun:
 
     name: str  # the function
     node: str  # a Ray node id, or this host's name for the local pool
+    process: int  # the worker process's id on that node
     submitted: float  # the flow handed it over
     started: float  # a worker began it
     ended: float  # the worker finished it
@@ -58,11 +59,12 @@ class TaskRun:
         return (self.done - self.submitted) - (self.ended - self.started)
 
 
-def _timed(fn: Callable[[Any], Any], spec: Any) -> tuple[Any, str, float, float]:
-    """Runs in the worker: fn(spec), the node it ran on, and when it started and ended."""
+def _timed(fn: Callable[[Any], Any], spec: Any) -> tuple[Any, str, int, float, float]:
+    """Runs in the worker: fn(spec), the node and process it ran in, when it started and
+    ended."""
     started = time.time()
     result = fn(spec)
-    return result, _node(), started, time.time()
+    return result, _node(), os.getpid(), started, time.time()
 
 
 def _node() -> str:
@@ -106,11 +108,11 @@ class BuildExecutor:
 
         def finish(future: Future) -> None:
             try:
-                result, node, started, ended = future.result()
+                result, node, process, started, ended = future.result()
             except BaseException as error:  # noqa: BLE001 - handed to the waiting task as is
                 outer.set_exception(error)
                 return
-            run = TaskRun(fn.__name__, node, submitted, started, ended, time.time())
+            run = TaskRun(fn.__name__, node, process, submitted, started, ended, time.time())
             with self._lock:
                 self.runs.append(run)
             outer.set_result(result)

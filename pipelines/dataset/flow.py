@@ -66,11 +66,12 @@ from trainers.data.format import (
 )
 from trainers.data.storage import S3Url
 
-CHUNK_INPUTS = 32  # inputs per process task: ~0.3-2 s of work, so task overhead stays small
-SCORE_CHUNK_INPUTS = 256  # celeba inputs per score task (a few ms each)
-# A smaller input is split into this many chunks all the same, so that every worker has work
-# (48 celeba crops in chunks of 32 kept one of two workers idle half the build).
-MIN_CHUNKS = 16
+# Inputs per task, at most; a smaller input is still split into at least as many tasks as
+# given, so that every worker has work (48 celeba crops in chunks of 32 kept one of two workers
+# idle half the build), but not into more: each task costs the flow and Prefect's API ~50 ms
+# of CPU.
+CHUNK_INPUTS, MIN_CHUNKS = 32, 16  # process: ~0.3-2 s of work per task at 32
+SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS = 256, 4  # celeba's score pass: a few ms per input
 
 
 class BuildFailed(Exception):
@@ -198,7 +199,7 @@ def _prepare_work_dir(out: Writer, config: BuildDatasetConfig, listing: Listing)
             "input": str(config.input),
             "listing": listing.digest,
             "ganforge_version": pipelines.__version__,
-            "chunk_inputs": [CHUNK_INPUTS, SCORE_CHUNK_INPUTS, MIN_CHUNKS],
+            "chunk_inputs": [CHUNK_INPUTS, MIN_CHUNKS, SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS],
         }
     )
     plan_name = f"{WORK_DIR_NAME}/plan.json"
@@ -231,10 +232,10 @@ def _absolute(config: BuildDatasetConfig) -> BuildDatasetConfig:
     )
 
 
-def chunk_size(count: int, largest: int) -> int:
-    """Inputs per task: `largest`, or fewer so that `count` inputs make MIN_CHUNKS tasks. It
+def chunk_size(count: int, largest: int, fewest: int) -> int:
+    """Inputs per task: `largest`, or fewer so that `count` inputs make `fewest` tasks. It
     depends on the count only, so that a resumed build finds its spools whatever its workers."""
-    return max(1, min(largest, math.ceil(count / MIN_CHUNKS)))
+    return max(1, min(largest, math.ceil(count / fewest)))
 
 
 @contextmanager
@@ -251,9 +252,8 @@ def local_run_settings() -> Iterator[None]:
 
 
 def _chunks(
-    config: BuildDatasetConfig, inputs: list[InputRef], largest: int, out: Writer
+    config: BuildDatasetConfig, inputs: list[InputRef], size: int, out: Writer
 ) -> list[ChunkSpec]:
-    size = chunk_size(len(inputs), largest)
     return [
         ChunkSpec(config, i, inputs[start : start + size], out)
         for i, start in enumerate(range(0, len(inputs), size))
@@ -284,7 +284,8 @@ def _usable_inputs(
     ]
     if not listing.scored:
         return listing.inputs, rejects, []
-    chunks = _chunks(config, listing.inputs, SCORE_CHUNK_INPUTS, out)
+    size = chunk_size(len(listing.inputs), SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS)
+    chunks = _chunks(config, listing.inputs, size, out)
     scores = _run_chunks(score, chunks, pool, "score")
     assert config.num_images is not None
     kept, unscored = choose_best(quote(listing.inputs), quote(scores), config.num_images)
@@ -330,7 +331,7 @@ def build_dataset(
         listing = ingest(config)
         _prepare_work_dir(out, config, listing)
         inputs, rejects, scores = _usable_inputs(config, listing, out, pool)
-        chunks = _chunks(config, inputs, CHUNK_INPUTS, out)
+        chunks = _chunks(config, inputs, chunk_size(len(inputs), CHUNK_INPUTS, MIN_CHUNKS), out)
         records = _run_chunks(process, chunks, pool, "process")
         records = sorted(records + rejects, key=lambda r: r.index)
         selection = select(quote(records), config.seed)
