@@ -4,11 +4,9 @@ processes only the best num_images).
 
 Prefect tasks run on its thread runner, in this process; each score, process and write task
 hands its CPU work to the build's executor (pipelines.dataset.executor): a spawn process pool
-on one machine, or Ray tasks across a Ray cluster's nodes. Ray tasks behind that seam, not
-prefect-ray's RayTaskRunner: task states stay with this process's Prefect API (a temporary
-local server no other node can reach), workers never import Prefect, and Ray reruns the tasks
-of a lost node by itself. (Prefect's ProcessPoolTaskRunner is not used either: every child
-starts its own ephemeral API server, and they lock each other's SQLite database.)
+on one machine, or Ray tasks across a Ray cluster's nodes (why not prefect-ray: see
+build_dataset). Prefect's ProcessPoolTaskRunner is not used either: every child starts its
+own ephemeral API server, and they lock each other's SQLite database.
 
 Every task reads its inputs and writes its output where every node reaches them (a folder on
 a shared filesystem, or S3): spools under DIR/.build/, then shards; a task run twice (a lost
@@ -319,7 +317,12 @@ def _write_all(
 def build_dataset(
     config: BuildDatasetConfig, workers: int = 1, executor: ExecutorKind = ExecutorKind.local
 ) -> BuildResult:
-    """`workers`: processes of the local pool (a Ray cluster's own CPUs decide there)."""
+    """Builds config.out; the score, process and write work runs on `executor`: a local pool of
+    `workers` processes, or Ray tasks on the cluster's nodes (its CPUs decide how many at once).
+
+    Ray tasks behind this seam, not prefect-ray's RayTaskRunner: task states stay with this
+    process's Prefect API (other nodes may not reach it), workers never import Prefect, and
+    Ray itself reruns a lost node's tasks."""
     started = time.perf_counter()
     config = _absolute(config)
     out = writer_at(config.out)

@@ -11,7 +11,7 @@ them is read. Credentials, region and endpoint come only from boto3's standard c
 variables such as AWS_ENDPOINT_URL_S3, ~/.aws, an instance role); nothing here logs, prints or
 stores them. Every request retries transient errors ("standard" mode: backoff with jitter,
 MAX_ATTEMPTS). boto3 is imported on first use: a local dataset never needs it.
-(The upload of a built dataset is the writer's: pipelines.dataset.upload.)
+(Writing a dataset is the build's: pipelines.dataset.writer.)
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ S3_SCHEME = "s3://"
 MAX_ATTEMPTS = 8  # per request, botocore's standard retry mode (backoff with jitter, max 20 s)
 READ_ATTEMPTS = 5  # per read of a streamed object that fails mid-way (then resumed by Range)
 READ_BUFFER = 1 << 20  # bytes per read from the socket; the tar parser reads 512-byte headers
-# connections one client keeps: an upload has 8 files of up to 4 parts in flight
+# connections one client keeps: a process's threads (a build's tasks, a loader's reads) each
+# have a request in flight, a multipart upload several parts
 MAX_POOL_CONNECTIONS = 32
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -282,7 +283,7 @@ def open_shard(url: S3Url, size: int, sha256: str) -> BinaryIO:
 
     Other writers can replace an object at any time, so: one HEAD gives the object's size,
     ETag and the SHA256 S3 computed when it was written (a single-PUT upload, as
-    pipelines.dataset.upload makes, has the whole object's), compared with the manifest's. An
+    pipelines.dataset.writer makes, has the whole object's), compared with the manifest's. An
     object S3 keeps no such checksum of (a multipart upload; a copy made by a tool that sends
     none) is hashed by a first read instead. Then the stream is pinned to that ETag: a
     replacement in between is an error, never other bytes."""
