@@ -84,6 +84,13 @@ def test_build_writes_the_local_build_bytes_and_no_secret(cli_build, env, small_
         assert not [text for text in outputs if credential.encode() in text]
 
 
+def test_build_to_a_bucket_that_does_not_exist_is_a_usage_error(env):
+    out = "s3://ganforge-no-such-bucket/data"
+    result = ganforge("data", "build", "--out", out, "--num-images", "4", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "--out: bucket 'ganforge-no-such-bucket'" in result.stderr
+
+
 def test_manifest_is_deleted_first_and_written_last(env, small_dataset, monkeypatch):
     """Over an earlier dataset, in the order S3 took the writes (seen by a proxy in front of it,
     which the build's pool workers reach too): the old manifest is deleted before anything else

@@ -128,11 +128,6 @@ def data_build(
         raise fail(config_error_message(error), USAGE_ERROR) from None
     except ValueError as error:
         raise fail(str(error), USAGE_ERROR) from None
-    if isinstance(config.out, S3Url):
-        try:
-            check_bucket(config.out)
-        except S3Error as error:
-            raise fail(f"--out: {error}", USAGE_ERROR) from None
 
     prefect_defaults()
     kind = executor or default_kind()
@@ -143,6 +138,11 @@ def data_build(
         # The workers (or the cluster connection) and Prefect's import start while the Prefect
         # API does.
         with PrefectApi() as api, started_ahead(kind, workers):
+            if isinstance(config.out, S3Url):
+                try:  # before a build spends minutes on a dataset it could not write
+                    check_bucket(config.out)
+                except S3Error as error:
+                    raise fail(f"--out: {error}", USAGE_ERROR) from None
             from pipelines.dataset.flow import BuildFailed, build_dataset, local_run_settings
 
             api.wait()
