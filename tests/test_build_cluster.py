@@ -111,6 +111,22 @@ def test_celeba_from_s3_on_the_cluster_is_the_local_build(
     assert tree_bytes(tmp_path / "cluster") == tree_bytes(tmp_path / "local")
 
 
+def test_a_local_path_that_nodes_do_not_see_is_named_before_any_work(cluster_env, tmp_path):
+    """A build's local input and output must be on a filesystem every node mounts: each node
+    is asked (here a path no node has, as a node without the mount would answer)."""
+    check = (
+        "import sys; from pathlib import Path\n"
+        "from pipelines.dataset.executor import NotShared, RayTasks\n"
+        "try:\n    RayTasks().check_shared([Path(sys.argv[1]), Path(sys.argv[2])])\n"
+        "except NotShared as error:\n    print(error)\n"
+    )
+    seen, unseen = tmp_path, tmp_path / "mounted-on-no-node"
+    done = subprocess.run([sys.executable, "-c", check, str(seen), str(unseen)],
+                          env=cluster_env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{unseen} is not on the filesystem of 2 of the cluster's 2 nodes" in done.stdout
+
+
 def test_a_lost_node_costs_only_its_in_flight_tasks(cluster_env, ray_cluster, tmp_path):
     """SIGKILL the raylet of the node that is not the head's mid-build, as a lost host: the
     chunks it was processing run again on the head node, no finished chunk is redone (its

@@ -131,7 +131,7 @@ def data_build(
 
     prefect_defaults()
     kind = executor or default_kind()
-    from pipelines.dataset.executor import started_ahead
+    from pipelines.dataset.executor import NotShared, started_ahead
     from pipelines.dataset.sources import SourceError
 
     try:
@@ -151,7 +151,7 @@ def data_build(
                     result = build_dataset(config, workers=workers, executor=kind)
             except BuildFailed as error:
                 raise fail(str(error), RUNTIME_ERROR) from None
-    except SourceError as error:
+    except (SourceError, NotShared) as error:
         raise fail(str(error), USAGE_ERROR) from None
     except S3Error as error:
         raise fail(

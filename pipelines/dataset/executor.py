@@ -24,11 +24,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 # Ray's retries of a task whose worker or node died (not of an error the task raised: those
 # the flow's Prefect tasks retry). A lost node costs its in-flight tasks one retry each.
 TASK_RETRIES = 3
+
+
+class NotShared(Exception):
+    """A local path the build's workers need is not on every node's filesystem."""
 
 
 class ExecutorKind(StrEnum):
@@ -78,6 +83,11 @@ def _node() -> str:
     return socket.gethostname()
 
 
+def _missing(paths: list[str]) -> list[str]:
+    """Runs on one node: those of the paths it does not see."""
+    return [path for path in paths if not os.path.exists(path)]
+
+
 def _warm_up() -> None:
     """Imports what the worker functions need, while the flow is still starting."""
     import pipelines.dataset.process  # noqa: F401
@@ -100,6 +110,10 @@ class BuildExecutor:
 
     def _submit(self, fn: Callable[[Any], Any], spec: Any) -> Future:
         raise NotImplementedError
+
+    def check_shared(self, paths: list[Path]) -> None:
+        """Raises NotShared unless every worker sees these local paths (a build's input and
+        output folders must be on a filesystem every node mounts at the same path)."""
 
     def submit(self, fn: Callable[[Any], Any], spec: Any) -> Future:
         submitted = time.time()
@@ -180,6 +194,30 @@ class RayTasks(BuildExecutor):
 
     def _submit(self, fn: Callable[[Any], Any], spec: Any) -> Future:
         return self._remote.remote(fn, spec).future()
+
+    def check_shared(self, paths: list[Path]) -> None:
+        """One look from each node that can run a task (a node added later by the autoscaler is
+        assumed to mount what the others do)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        look = ray.remote(num_cpus=0)(_missing)  # not queued behind the build's own tasks
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+        wanted = [str(path) for path in paths]
+        looks = [
+            look.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+            ).remote(wanted)
+            for node in nodes
+        ]
+        unseen = {node: found for node, found in zip(nodes, ray.get(looks), strict=True) if found}
+        if unseen:
+            node, missing = next(iter(unseen.items()))
+            raise NotShared(
+                f"{', '.join(missing)} is not on the filesystem of {len(unseen)} of the "
+                f"cluster's {len(nodes)} nodes (e.g. node {node[:12]}…): give the input and "
+                "--out as s3://BUCKET/PREFIX, or as paths every node mounts"
+            )
 
     def close(self) -> None:
         import ray

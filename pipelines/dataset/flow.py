@@ -70,6 +70,7 @@ from trainers.data.storage import S3Url
 # of CPU.
 CHUNK_INPUTS, MIN_CHUNKS = 32, 16  # process: ~0.3-2 s of work per task at 32
 SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS = 256, 4  # celeba's score pass: a few ms per input
+PLAN_NAME = "plan.json"  # under WORK_DIR_NAME: what the spools there were made for
 
 
 class BuildFailed(Exception):
@@ -200,7 +201,7 @@ def _prepare_work_dir(out: Writer, config: BuildDatasetConfig, listing: Listing)
             "chunk_inputs": [CHUNK_INPUTS, MIN_CHUNKS, SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS],
         }
     )
-    plan_name = f"{WORK_DIR_NAME}/plan.json"
+    plan_name = f"{WORK_DIR_NAME}/{PLAN_NAME}"
     try:
         if out.read(plan_name) != plan:
             out.delete_folder(WORK_DIR_NAME)
@@ -333,6 +334,10 @@ def build_dataset(
     with running(executor, workers) as pool:
         listing = ingest(config)
         _prepare_work_dir(out, config, listing)
+        # the local paths the workers read and write: the input, and the spools' folder (the
+        # plan just written there shows that a node sees this folder, not one of its own)
+        plan = config.out / WORK_DIR_NAME / PLAN_NAME if isinstance(config.out, Path) else None
+        pool.check_shared([path for path in (config.input, plan) if isinstance(path, Path)])
         inputs, rejects, scores = _usable_inputs(config, listing, out, pool)
         chunks = _chunks(config, inputs, chunk_size(len(inputs), CHUNK_INPUTS, MIN_CHUNKS), out)
         records = _run_chunks(process, chunks, pool, "process")
