@@ -219,12 +219,6 @@ class ShardSpec:
     samples: list[InputRecord]  # in shard order
 
 
-def warm_up() -> None:
-    """Submitted once per pool worker at the start of a build: imports what processing needs
-    while the flow lists the inputs."""
-    import pipelines.dataset.synthetic  # noqa: F401
-
-
 class _HashingWriter:
     """File wrapper that hashes and counts the bytes tarfile streams through it."""
 
