@@ -138,9 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         epilog=(
             f"Full defaults: {FULL}. --quick (or {QUICK_ENV}=1) uses {QUICK}. Explicit size "
-            "options override either. A full run takes about 23 minutes on 2 cores, 11 of them "
-            "in the training benchmark (every Ray launch costs 30 to 60 s there) and 7 in "
-            "celeba (its 202,599-photo memory build: about 4)."
+            "options override either. A full run takes about 30 minutes on 2 cores, 11 of them "
+            "in the training benchmark (every Ray launch costs 30 to 60 s there), 7 to 12 in "
+            "celeba (its 202,599-photo memory build: 4 to 8), 5 in command (2,000 JPEGs are "
+            "made first) and 1 to 2 in cluster."
         ),
     )
     parser.add_argument(
