@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,16 +92,26 @@ def test_params_file_gives_the_source_when_the_command_line_does_not(tmp_path):
     assert "source 'folder' needs --input PATH" in result.stderr
 
 
-def test_the_temporary_prefect_server_is_the_one_prefect_starts(monkeypatch):
+# Prints what Prefect's own temporary server runs (in a subprocess: importing Prefect's server
+# stack here would register its database types with the SQLAlchemy of every later test).
+PREFECTS_COMMAND = """
+import json, subprocess
+from prefect.server.api import server
+started = {}
+subprocess.Popen = lambda **given: started.update(given)
+server.SubprocessASGIServer(port=4321)._run_uvicorn_command()
+print(json.dumps(started))
+"""
+
+
+def test_the_temporary_prefect_server_is_the_one_prefect_starts():
     """`data build` starts the server of Prefect's ephemeral mode itself (earlier than Prefect
     would): the same command and settings, less --app-dir (prefect is importable anyway)."""
-    from prefect.server.api import server
-
     from pipelines.cli.common import TEMPORARY_SERVER_ENVIRONMENT, temporary_server_command
 
-    started = {}
-    monkeypatch.setattr(server.subprocess, "Popen", lambda **given: started.update(given))
-    server.SubprocessASGIServer(port=4321)._run_uvicorn_command()
+    printed = subprocess.run([sys.executable, "-c", PREFECTS_COMMAND], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    started = json.loads(printed)
     argv = started["args"]
     app_dir = argv.index("--app-dir")
     assert argv[:app_dir] + argv[app_dir + 2 :] == temporary_server_command(4321)

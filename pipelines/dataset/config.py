@@ -62,8 +62,9 @@ class BuildDatasetConfig(BaseModel):
     )
     image_list: Location | None = Field(
         None,
-        description="celeba: CelebA-HQ's image_list.txt; takes exactly its 30,000 images, keyed "
-        "by their CelebA-HQ index, instead of the best by score (the deltas are not needed).",
+        description="celeba: CelebA-HQ's image_list.txt (a path or s3://BUCKET/KEY); takes "
+        "exactly its 30,000 images, keyed by their CelebA-HQ index, instead of the best by score "
+        "(the deltas are not needed).",
     )
     out: Location = Field(
         Path("data/quickstart"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,8 +74,6 @@ def _timed(fn: Callable[[Any], Any], spec: Any) -> tuple[Any, str, int, float, f
 
 
 def _node() -> str:
-    import sys
-
     if "ray" in sys.modules:
         import ray
 
@@ -97,16 +96,9 @@ def _warm_up() -> None:
 class BuildExecutor:
     """The seam: submit(fn, spec) -> Future of fn(spec); every call's TaskRun in `runs`."""
 
-    kind: ExecutorKind
-
     def __init__(self) -> None:
         self.runs: list[TaskRun] = []
         self._lock = threading.Lock()
-
-    @property
-    def slots(self) -> int:
-        """Calls that can run at the same time."""
-        raise NotImplementedError
 
     def _submit(self, fn: Callable[[Any], Any], spec: Any) -> Future:
         raise NotImplementedError
@@ -142,18 +134,11 @@ class LocalPool(BuildExecutor):
     """A spawn process pool (no fork of a threaded process). Its workers start at once, so
     their interpreter start and imports overlap whatever the caller does next."""
 
-    kind = ExecutorKind.local
-
     def __init__(self, workers: int):
         super().__init__()
-        self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         for _ in range(workers):
             self._pool.submit(_warm_up)
-
-    @property
-    def slots(self) -> int:
-        return self.workers
 
     def _submit(self, fn: Callable[[Any], Any], spec: Any) -> Future:
         return self._pool.submit(_timed, fn, spec)
@@ -167,8 +152,6 @@ class LocalPool(BuildExecutor):
 class RayTasks(BuildExecutor):
     """Ray tasks of one CPU each on the cluster in RAY_ADDRESS (joined here unless this
     process already is), or on local Ray started here."""
-
-    kind = ExecutorKind.ray
 
     def __init__(self) -> None:
         super().__init__()
@@ -185,12 +168,6 @@ class RayTasks(BuildExecutor):
                 configure_logging=True,
             )
         self._remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_timed)
-
-    @property
-    def slots(self) -> int:
-        import ray
-
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def _submit(self, fn: Callable[[Any], Any], spec: Any) -> Future:
         return self._remote.remote(fn, spec).future()
