@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from trainers.data.storage import S3Url
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -133,7 +137,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     }
 
 
-def s3_objects(root) -> dict[str, bytes]:
+def s3_objects(root: S3Url) -> dict[str, bytes]:
     """Name (under the S3Url root) -> bytes of every object there, as tree_bytes of a folder."""
     from trainers.data.storage import S3Dataset
 
