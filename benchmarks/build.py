@@ -8,6 +8,7 @@ machine-load drift during the case hits both sides alike.
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -159,6 +160,8 @@ def run_build(config, workers: int, executor: str = "local", slots: int | None =
     with local_run_settings():  # as `ganforge data build` runs it
         result = build_dataset(config, workers=workers, executor=executor)
     wall = time.perf_counter() - started
+    for worker in multiprocessing.active_children():  # the pool's, still exiting: reaped, so
+        worker.join()  # that their CPU counts in the snapshot
     cpu = CpuSnapshot.take().since(before)
     accepted = result.report["accepted"]
     return {
