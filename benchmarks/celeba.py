@@ -92,13 +92,9 @@ def throughput_case(
     capacity = statistics.mean([capacity_before, parallel_capacity(max(workers_list))])
     payload["parallel_capacity"] = {"processes": max(workers_list), "vs_one": capacity}
     rows.append(
-        Row(
+        Row.info(
             f"  machine: {max(workers_list)} busy processes vs 1 (a pure CPU loop)",
             f"{capacity:.2f}x",
-            "-",
-            None,
-            None,
-            None,
         )
     )
     for build in payload["builds"]:
@@ -114,33 +110,21 @@ def throughput_case(
             for run in build["runs"]
         )
         rows.append(
-            Row(
+            Row.info(
                 f"celeba crops per worker, {build['workers']} worker(s)",
                 f"{build['crops_per_s_per_worker']:.2f} crops/s",
-                "-",
-                None,
-                None,
-                None,
             )
         )
         rows.append(
-            Row(
+            Row.info(
                 f"  workers busy in tasks, {build['workers']} worker(s)",
                 f"{build['workers_busy_fraction']:.0%} of the flow",
-                "-",
-                None,
-                None,
-                None,
             )
         )
         rows.append(
-            Row(
+            Row.info(
                 f"  flow and Prefect API, {build['workers']} worker(s)",
                 f"{build['flow_and_api_cpu_share']:.0%} of the CPU",
-                "-",
-                None,
-                None,
-                None,
             )
         )
     params = {

@@ -178,6 +178,11 @@ class Row:
     target_is_absolute: bool = False
 
     @classmethod
+    def info(cls, name: str, value: str) -> Row:
+        """A measured value with no baseline or target beside it."""
+        return cls(name, value, "-", None, None, None)
+
+    @classmethod
     def of_figure(cls, name: str, value: str, baseline: str, fig: dict) -> Row:
         """A table row for a ratio made by figure()."""
         return cls(name, value, baseline, fig["ratio"], fig["target"], fig["meets_target"])
