@@ -8,10 +8,12 @@ machine-load drift during the case hits both sides alike.
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import shutil
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,17 +114,58 @@ def orchestrator(warmup_root: Path) -> Iterator[dict]:
         }
 
 
-def run_build(config, workers: int) -> dict:
+def task_figures(runs: list, called_at: float, in_flow_seconds: float, slots: int) -> dict:
+    """Where the workers' time went in one build: busy in tasks (by function), against the
+    in-flow wall time x the slots that could run tasks; each task's overhead (from the flow's
+    submit to its result, less its time in the worker: the executor's queue, transfer, a Ray
+    worker's start) and dispatch gap (below); and how long the flow call took to get its first
+    task going."""
+    busy = sum(run.ended - run.started for run in runs)
+    by_function = {}
+    for name in sorted({run.name for run in runs}):
+        mine = [run for run in runs if run.name == name]
+        by_function[name] = {
+            "tasks": len(mine),
+            "busy_s": sum(run.ended - run.started for run in mine),
+            "span_s": max(run.ended for run in mine) - min(run.started for run in mine),
+        }
+    overheads = [run.overhead for run in runs]
+    # a worker's gaps between one task's end and its next one's start, while tasks wait: the
+    # executor's own cost of handing a task over (its queue's wait does not count)
+    gaps = []
+    for worker in {(run.node, run.process) for run in runs}:
+        mine = sorted((run for run in runs if (run.node, run.process) == worker),
+                      key=lambda run: run.started)  # fmt: skip
+        pairs = zip(mine, mine[1:], strict=False)
+        gaps += [b.started - a.ended for a, b in pairs if b.submitted < a.ended]
+    return {
+        "tasks": len(runs),
+        "slots": slots,
+        "busy_s": busy,
+        "busy_fraction": busy / (in_flow_seconds * slots) if runs else None,
+        "overhead_per_task_s_median": statistics.median(overheads) if runs else None,
+        "overhead_per_task_s_mean": statistics.fmean(overheads) if runs else None,
+        "dispatch_gap_s_median": statistics.median(gaps) if gaps else None,
+        "flow_call_to_first_task_s": min(r.started for r in runs) - called_at if runs else None,
+        "by_function": by_function,
+        "tasks_per_node": dict(Counter(run.node for run in runs)),
+    }
+
+
+def run_build(config, workers: int, executor: str = "local", slots: int | None = None) -> dict:
     from pipelines.dataset.flow import build_dataset, local_run_settings
 
     before = CpuSnapshot.take()
-    started = time.perf_counter()
+    called_at, started = time.time(), time.perf_counter()
     with local_run_settings():  # as `ganforge data build` runs it
-        result = build_dataset(config, workers=workers)
+        result = build_dataset(config, workers=workers, executor=executor)
     wall = time.perf_counter() - started
+    for worker in multiprocessing.active_children():  # the pool's, still exiting: reaped, so
+        worker.join()  # that their CPU counts in the snapshot
     cpu = CpuSnapshot.take().since(before)
     accepted = result.report["accepted"]
     return {
+        "executor": executor,
         "workers": workers,
         "accepted": accepted,
         "rejected": result.report["rejected"],
@@ -135,6 +178,7 @@ def run_build(config, workers: int) -> dict:
         "flow_call_overhead_s": wall - result.seconds,
         # exited children = the spawn pool's workers; long-lived = Prefect's API server
         "cpu": cpu,
+        "tasks": task_figures(result.runs, called_at, result.seconds, slots or workers),
     }
 
 

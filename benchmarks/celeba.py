@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from benchmarks.common import Row, figure
+from benchmarks.common import Row, figure, parallel_capacity
 
 CROP_RESOLUTION = 1024
 MEMORY_TARGET_BYTES = 4 << 30  # the issue's bound for the full 202,599-photo input
@@ -75,6 +76,7 @@ def throughput_case(
         )
 
     level = make_config(work_root).png_compress_level
+    capacity_before = parallel_capacity(max(workers_list))
     payload, rows = run_case(
         "celeba",
         f"celeba {CROP_RESOLUTION}² crops",
@@ -85,16 +87,44 @@ def throughput_case(
         repeats,
         work_root,
     )
+    # what `max(workers_list)` busy processes could get of this machine, before and after the
+    # rounds: the most those workers can add, whatever the build does
+    capacity = statistics.mean([capacity_before, parallel_capacity(max(workers_list))])
+    payload["parallel_capacity"] = {"processes": max(workers_list), "vs_one": capacity}
+    rows.append(
+        Row.info(
+            f"  machine: {max(workers_list)} busy processes vs 1 (a pure CPU loop)",
+            f"{capacity:.2f}x",
+        )
+    )
     for build in payload["builds"]:
         build["crops_per_s_per_worker"] = build["images_per_s_wall"] / build["workers"]
+        # where a worker's time goes: in tasks, or waiting (the flow's start and end, the
+        # scheduling of each task, the last chunks' tail)
+        tasks = [run["tasks"] for run in build["runs"]]
+        build["workers_busy_fraction"] = statistics.median(t["busy_fraction"] for t in tasks)
+        # the CPU the flow (this process) and Prefect's API server took from the workers
+        build["flow_and_api_cpu_share"] = statistics.median(
+            (run["cpu"]["main_process_s"] + run["cpu"]["long_lived_children_s"])
+            / run["cpu"]["total_s"]
+            for run in build["runs"]
+        )
         rows.append(
-            Row(
+            Row.info(
                 f"celeba crops per worker, {build['workers']} worker(s)",
                 f"{build['crops_per_s_per_worker']:.2f} crops/s",
-                "-",
-                None,
-                None,
-                None,
+            )
+        )
+        rows.append(
+            Row.info(
+                f"  workers busy in tasks, {build['workers']} worker(s)",
+                f"{build['workers_busy_fraction']:.0%} of the flow",
+            )
+        )
+        rows.append(
+            Row.info(
+                f"  flow and Prefect API, {build['workers']} worker(s)",
+                f"{build['flow_and_api_cpu_share']:.0%} of the CPU",
             )
         )
     params = {

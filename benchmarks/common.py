@@ -66,6 +66,30 @@ def alternate(
     return rounds, medians
 
 
+def _spin(seconds: float) -> int:
+    """Counts loop turns for `seconds` of wall time: pure CPU, no memory traffic."""
+    turns, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        turns += 1
+    return turns
+
+
+def parallel_capacity(processes: int, seconds: float = 2.0) -> float:
+    """How many cores `processes` busy processes get now, against one alone: the summed turns
+    of a pure-CPU loop in `processes` spawned processes at once, over one process's. On an
+    idle machine with that many cores, about `processes`; less when other jobs hold cores (or
+    a virtual machine's vCPUs share physical ones)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(_spin, [0.1] * processes))  # the workers started
+        alone = pool.submit(_spin, seconds).result()
+        together = sum(pool.map(_spin, [seconds] * processes))
+    return together / alone
+
+
 def ratio(value: float | None, baseline: float | None) -> float | None:
     if value is None or not baseline:
         return None
@@ -152,6 +176,11 @@ class Row:
     target: float | None
     meets: bool | None
     target_is_absolute: bool = False
+
+    @classmethod
+    def info(cls, name: str, value: str) -> Row:
+        """A measured value with no baseline or target beside it."""
+        return cls(name, value, "-", None, None, None)
 
     @classmethod
     def of_figure(cls, name: str, value: str, baseline: str, fig: dict) -> Row:

@@ -20,7 +20,9 @@ from pathlib import Path
 BENCHMARKS = (
     "synthetic",
     "build",
+    "command",
     "celeba",
+    "cluster",
     "reader",
     "training",
     "metrics",
@@ -46,6 +48,9 @@ FULL = {
     "celeba_images": 48,
     "celeba_listed": [2_000, 202_599],
     "celeba_distinct": 400,
+    "command_images": [96, 2_000],
+    "command_repeats": 2,
+    "cluster_images": 48,
     "usage_error_repeats": 3,
 }
 QUICK = {
@@ -64,7 +69,35 @@ QUICK = {
     "celeba_images": 8,
     "celeba_listed": [500, 2_000],
     "celeba_distinct": 50,
+    "command_images": [16, 96],
+    "command_repeats": 1,
+    "cluster_images": 8,
     "usage_error_repeats": 1,
+}
+
+
+# The size options (FULL and QUICK give their values): metavar (LIST: of ints, K: a float, else
+# an int) and help.
+SIZE_OPTIONS = {
+    "synthetic_images": ("N", "images of build (a)"),
+    "jpeg_images": ("N", "JPEGs of build (b)"),
+    "build_repeats": ("N", "builds per worker count (median)"),
+    "reader_batches_64": ("N", "batches of 32 read at 64²"),
+    "reader_batches_256": ("N", "batches of 32 read at 256²"),
+    "render_indices": ("N", "faces per render round"),
+    "render_repeats": ("N", "render rounds (median)"),
+    "train_window_kimg": ("K", "kimg timed per training run, after the warm-up"),
+    "train_repeats": ("N", "training runs and bare loops (median)"),
+    "launch_repeats": ("N", "launches of each kind (median)"),
+    "frechet_dimension": ("D", "features of the Fréchet benchmark"),
+    "frechet_repeats": ("N", "Fréchet distance calls of each kind"),
+    "celeba_images": ("N", "scenes cropped at 1024² by (celeba a)"),
+    "celeba_listed": ("LIST", "listed photos of each memory build of (celeba b), small to large"),
+    "celeba_distinct": ("N", "distinct scenes behind (celeba b)"),
+    "command_images": ("LIST", "JPEGs of each whole-command build of (command), vs the plain loop"),
+    "command_repeats": ("N", "rounds of (command) (median)"),
+    "cluster_images": ("N", "celeba scenes of each (cluster) build"),
+    "usage_error_repeats": ("N", "rounds over the usage errors"),
 }
 
 
@@ -90,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "and 1024² JPEG folder -> 256² pyramid, with 1 and 2 workers, vs a plain PIL loop; "
             "(1b) --source celeba: 1024² crops per second per worker vs a plain PIL quad-crop "
             "loop, and the build's peak RSS at a small and a large listed input (202,599); "
+            "(1c) the whole `ganforge data build` command vs a plain single-process script, "
+            "96 and 2,000 JPEGs, and its fixed cost (start to first task); (1d) celeba crops/s "
+            "on a 2-node local Ray cluster vs the local pool with the same CPUs, and the "
+            "scheduling overhead per task; "
             "(2) ShardReader at 64² and 256² vs a raw PIL decode loop and vs a folder of PNGs "
             "through a torch DataLoader; (3) synthetic face rendering at 256² on one core; "
             "(4) `ganforge train` on data/quickstart (built by `make run`): throughput with 1 "
@@ -108,9 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         epilog=(
             f"Full defaults: {FULL}. --quick (or {QUICK_ENV}=1) uses {QUICK}. Explicit size "
-            "options override either. A full run takes about 23 minutes on 2 cores, 11 of them "
-            "in the training benchmark (every Ray launch costs 30 to 60 s there) and 7 in "
-            "celeba (its 202,599-photo memory build: about 4)."
+            "options override either. A full run takes about 30 minutes on 2 cores, 11 of them "
+            "in the training benchmark (every Ray launch costs 30 to 60 s there), 7 to 12 in "
+            "celeba (its 202,599-photo memory build: 4 to 8), 5 in command (2,000 JPEGs are "
+            "made first), 1 to 2 in cluster and about 1 in usage_errors."
         ),
     )
     parser.add_argument(
@@ -133,52 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="LIST",
         help="build worker counts to measure (default: 1,2; targets exist for 1 and 2)",
     )
-    parser.add_argument("--synthetic-images", type=int, metavar="N", help="images of build (a)")
-    parser.add_argument("--jpeg-images", type=int, metavar="N", help="JPEGs of build (b)")
-    parser.add_argument(
-        "--build-repeats", type=int, metavar="N", help="builds per worker count (median)"
-    )
-    parser.add_argument(
-        "--reader-batches-64", type=int, metavar="N", help="batches of 32 read at 64²"
-    )
-    parser.add_argument(
-        "--reader-batches-256", type=int, metavar="N", help="batches of 32 read at 256²"
-    )
-    parser.add_argument("--render-indices", type=int, metavar="N", help="faces per render round")
-    parser.add_argument("--render-repeats", type=int, metavar="N", help="render rounds (median)")
-    parser.add_argument(
-        "--train-window-kimg",
-        type=float,
-        metavar="K",
-        help="kimg timed per training run, after the warm-up",
-    )
-    parser.add_argument(
-        "--train-repeats", type=int, metavar="N", help="training runs and bare loops (median)"
-    )
-    parser.add_argument(
-        "--launch-repeats", type=int, metavar="N", help="launches of each kind (median)"
-    )
-    parser.add_argument(
-        "--frechet-dimension", type=int, metavar="D", help="features of the Fréchet benchmark"
-    )
-    parser.add_argument(
-        "--frechet-repeats", type=int, metavar="N", help="Fréchet distance calls of each kind"
-    )
-    parser.add_argument(
-        "--celeba-images", type=int, metavar="N", help="scenes cropped at 1024² by (celeba a)"
-    )
-    parser.add_argument(
-        "--celeba-listed",
-        type=_csv(kind=int),
-        metavar="LIST",
-        help="listed photos of each memory build of (celeba b), small to large",
-    )
-    parser.add_argument(
-        "--celeba-distinct", type=int, metavar="N", help="distinct scenes behind (celeba b)"
-    )
-    parser.add_argument(
-        "--usage-error-repeats", type=int, metavar="N", help="rounds over the usage errors"
-    )
+    for key, (metavar, text) in SIZE_OPTIONS.items():
+        kind = {"LIST": _csv(kind=int), "K": float}.get(metavar, int)
+        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, metavar=metavar, help=text)
     parser.add_argument(
         "--results-dir",
         type=Path,
@@ -252,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             rows += new_rows
 
         dataset = work / "reader-dataset"  # synthetic, max_resolution 256
+        if "command" in args.only:
+            from benchmarks import command
+
+            print(f"command: `ganforge data build` vs a plain loop, {args.command_images} ...")
+            payload, new_rows = command.run(args.command_images, args.command_repeats, work)
+            written.append(write_result(args.results_dir, "command", common | payload))
+            rows += new_rows
+
         if "celeba" in args.only:
             from benchmarks import celeba
 
@@ -267,6 +270,15 @@ def main(argv: list[str] | None = None) -> int:
             payload = {"throughput": case_a, "memory": case_b}
             written.append(write_result(args.results_dir, "celeba", common | payload))
             rows += rows_a + rows_b
+
+        if "cluster" in args.only:
+            from benchmarks import cluster
+
+            with build.orchestrator(work):
+                print(f"cluster: {args.cluster_images} celeba scenes, 2-node Ray vs the pool ...")
+                payload, new_rows = cluster.run(args.cluster_images, args.build_repeats, work)
+            written.append(write_result(args.results_dir, "cluster", common | payload))
+            rows += new_rows
 
         if "build" in args.only or "reader" in args.only:
             print("orchestrator: starting Prefect's API server and a warm-up build ...")

@@ -106,9 +106,17 @@ class LocalCluster:
             capture_output=True,
             env=self.env,
         )
-        (new,) = raylet_pids() - before
+        # ours among the raylets that appeared (another test session may start its own now):
+        # every node of this cluster runs in the head's temp dir
+        (new,) = [pid for pid in raylet_pids() - before if self._marked(pid)]
         self.raylets.append(new)
         return new
+
+    def _marked(self, pid: int) -> bool:
+        try:
+            return str(self.temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
 
     def start(self, nodes: int) -> LocalCluster:
         self._start(
@@ -132,6 +140,13 @@ class LocalCluster:
         self.raylets = self.alive()
         while len(self.raylets) < nodes:
             self.add_node()
+
+    def node_id(self, pid: int) -> str:
+        """The Ray node id of a raylet of ours (hex, as Ray's runtime context gives it)."""
+        for argument in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+            if argument.startswith(b"--node_id="):
+                return argument.removeprefix(b"--node_id=").decode()
+        raise ValueError(f"raylet {pid} has no --node_id")
 
     def kill_raylet(self, pid: int) -> None:
         """SIGKILL a node's raylet, as a lost host; its workers exit when they lose it."""

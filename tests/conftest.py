@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from trainers.data.storage import S3Url
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -81,10 +85,22 @@ def ganforge(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
     )
 
 
-def kill_build_when(args: list[str], out: Path, done_glob: str, env: dict[str, str]) -> None:
-    """Start `ganforge <args> --out OUT` and SIGKILL it, pool workers included, as soon as its
-    spool folder holds a file matching done_glob (some work done, the build not finished)."""
+def spools(out: Path | str, done_glob: str) -> list[str]:
+    """Names of a build's spool files matching done_glob, in a folder or under s3://."""
+    from fnmatch import fnmatch
+
     from pipelines.dataset.flow import WORK_DIR_NAME
+    from trainers.data.storage import dataset_at
+
+    found = dataset_at(out).files([WORK_DIR_NAME])
+    return [name for name in found if fnmatch(name, f"{WORK_DIR_NAME}/{done_glob}")]
+
+
+def kill_build_when(args: list[str], out: Path | str, done_glob: str, env: dict[str, str]) -> None:
+    """Start `ganforge <args> --out OUT` and SIGKILL it, pool workers included, as soon as its
+    spool folder (or prefix) holds a file matching done_glob (some work done, the build not
+    finished)."""
+    from trainers.data.storage import dataset_at
 
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "ganforge"), *args, "--out", str(out)],
@@ -94,17 +110,18 @@ def kill_build_when(args: list[str], out: Path, done_glob: str, env: dict[str, s
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    while not list((out / WORK_DIR_NAME).glob(done_glob)):
+    while not spools(out, done_glob):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the whole group: the CLI and its pool workers
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert not (out / "manifest.json").exists()
+    assert "manifest.json" not in dataset_at(out).files([""])
 
 
-def build(out: Path, **options):
-    """Run the build flow in-process (against the session's Prefect test server)."""
+def build(out: Path | str, **options):
+    """Run the build flow in-process (against the session's Prefect test server) on a local
+    pool of `workers`."""
     from pipelines.dataset.config import BuildDatasetConfig
     from pipelines.dataset.flow import build_dataset
 
@@ -120,6 +137,14 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     }
 
 
+def s3_objects(root: S3Url) -> dict[str, bytes]:
+    """Name (under the S3Url root) -> bytes of every object there, as tree_bytes of a folder."""
+    from trainers.data.storage import S3Dataset
+
+    dataset = S3Dataset(root)
+    return {name: dataset.read(name) for name in sorted(dataset.files([""]))}
+
+
 @pytest.fixture(scope="session")
 def small_dataset(prefect_api, tmp_path_factory) -> Path:
     """40 synthetic faces up to 32², 3 shards of 16/16/8 per resolution."""
@@ -129,10 +154,12 @@ def small_dataset(prefect_api, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_cluster(tmp_path_factory, s3_env):
     """One Ray cluster of two nodes (two raylets, 1 CPU each, so two training workers land on
-    two node ids) shared by every `ganforge train` of the session through RAY_ADDRESS; its own
-    port, since Redis may hold Ray's default. A test that kills a node restores it after."""
+    two node ids) shared by every `ganforge train` and cluster build of the session through
+    RAY_ADDRESS; its own port, since Redis may hold Ray's default. Its nodes reach the
+    session's S3 (s3_env is in their environment), as a real cluster's reach theirs. A test
+    that kills a node restores it after."""
     from tests.cluster import LocalCluster
 
     cluster = LocalCluster(tmp_path_factory.mktemp("ray")).start(nodes=2)

@@ -12,6 +12,8 @@ deterministically, as a busy or flaky S3 does:
         ...
     assert proxy.errors["PUT"] and proxy.faults["drop"] and proxy.cuts
 
+With error_every and cut_every of None it fails nothing and only records (`answered`).
+
 Standard library only; each request is forwarded on its own connection to the endpoint.
 """
 
@@ -42,9 +44,11 @@ FAULTS = {  # what a failed request gets, in turn: (status, S3's error code, mes
 
 
 class FlakyS3:
-    def __init__(self, upstream: str, *, error_every: int = 4, cut_every: int = 3):
+    def __init__(self, upstream: str, *, error_every: int | None = 4, cut_every: int | None = 3):
         self.upstream = urlsplit(upstream)
         self.error_every, self.cut_every = error_every, cut_every
+        # (method, path, body of a POST) of every request S3 answered 2xx, in the order it did
+        self.answered: list[tuple[str, str, bytes]] = []
         self.requests: Counter[str] = Counter()  # method -> requests received
         self.errors: Counter[str] = Counter()  # method -> requests failed
         self.faults: Counter[str] = Counter()  # fault (a key of FAULTS) -> requests failed
@@ -70,7 +74,7 @@ class FlakyS3:
         """The fault (a key of FAULTS) instead of forwarding this request, if it is one to fail."""
         with self._lock:
             self.requests[method] += 1
-            if self.requests[method] % self.error_every:
+            if self.error_every is None or self.requests[method] % self.error_every:
                 return None
             fault = list(FAULTS)[self.errors.total() % len(FAULTS)]
             self.errors[method] += 1
@@ -85,7 +89,7 @@ class FlakyS3:
         with self._lock:
             self.ranged_gets += ranged
             self._object_gets += 1
-            if self._object_gets % self.cut_every:
+            if self.cut_every is None or self._object_gets % self.cut_every:
                 return False
             self.cuts += 1
             return True
@@ -143,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
             upstream.close()
         if not any(k.lower() == "content-length" for k, _ in reply):
             reply.append(("Content-Length", str(len(data))))
+        if 200 <= response.status < 300:
+            with flaky._lock:
+                flaky.answered.append((self.command, self.path, body * (self.command == "POST")))
         cut = flaky.cut_response(self.command, self.path, response.status, "Range" in headers)
         self.send_response_only(response.status)  # S3's own Date and Server headers follow
         for name, value in reply:

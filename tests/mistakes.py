@@ -98,6 +98,12 @@ MISTAKES = [
             "{scene}/texts", "--out", "{scene}/out"), 2, "no images in {scene}/texts"),
     Mistake("build out inside input", ("data", "build", "--source", "folder", "--input",
             "{scene}/images", "--out", "{scene}/images/ds"), 2, "is inside --input"),
+    # s3:// locations: refused from their text alone, with no request to S3
+    Mistake("build s3 out inside s3 input", ("data", "build", "--source", "folder", "--input",
+            "s3://ganforge-raw/faces/", "--out", "s3://ganforge-raw/faces/ds"), 2,
+            "--out s3://ganforge-raw/faces/ds is inside --input s3://ganforge-raw/faces"),
+    Mistake("build s3 out bad bucket name", ("data", "build", "--out", "s3://Raw_Faces/ds"), 2,
+            "'Raw_Faces' is not an S3 bucket name"),
     Mistake("build out is a file", ("data", "build", "--out", "{scene}/a-file"), 2,
             "--out {scene}/a-file: is a file; give a folder"),
     Mistake("build out under a file", ("data", "build", "--out", "{scene}/a-file/ds"), 2,

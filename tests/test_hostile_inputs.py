@@ -1,7 +1,8 @@
 """A hostile corpus, built here, through `ganforge data build` as a user runs it: every file
 ends accepted, converted, rejected with a reason, ignored or skipped; nothing is written
 outside --out; the build's peak memory stays bounded (the pixel bomb would take 4.8 GB); and a
-rerun is byte-identical."""
+rerun is byte-identical. The same for archives' members and the objects under an S3 prefix
+(moto in server mode)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from PIL import Image
 
 from tests.conftest import tree_bytes
 from tests.images import pixel_bomb, pixels, save
+from trainers.data.storage import S3Url, client
 
 MAX_RESOLUTION = 32
+S3_BUCKET = "ganforge-hostile"
 # The build's largest process (the CLI with Prefect, or a pool worker), in KiB: decoding the
 # bomb alone would take 4.8 GB.
 PEAK_RSS_BOUND_KIB = 1024 * 1024
@@ -123,7 +126,27 @@ def hostile_archive(path: Path) -> dict[str, str]:
     return {name: outcome for name, (outcome, _) in members.items()}
 
 
-def build(source: Path, out: Path, cwd: Path, env: dict, *extra: str) -> int:
+def hostile_prefix(prefix: S3Url) -> dict[str, str]:
+    """Objects under an S3 prefix whose names try to leave it, one too large to read and one S3
+    will not serve; returns {name under the prefix: what becomes of it}."""
+    objects = {
+        "faces/0.png": ("accepted", png(40)),
+        "faces/1.png": ("accepted", png(41)),
+        "../escape.png": ("unsafe_path", png(42)),
+        "faces/../../up.png": ("unsafe_path", png(43)),
+        "/absolute.png": ("unsafe_path", png(44)),  # the key has "//" after the prefix
+        "zeros.png": ("too_large", bytes(17 << 20)),  # over the byte cap of --max-pixels 2304
+        "archived.png": ("read_error", png(45)),  # in Glacier: S3 refuses to serve it
+        "notes.txt": ("ignored", b"not an image\n"),
+        "faces/": (None, b""),  # a console's folder marker, not a file: neither input nor ignored
+    }
+    for name, (_, data) in objects.items():
+        cold = {"StorageClass": "GLACIER"} if name == "archived.png" else {}
+        client().put_object(Bucket=prefix.bucket, Key=f"{prefix.key}/{name}", Body=data, **cold)
+    return {name: outcome for name, (outcome, _) in objects.items() if outcome is not None}
+
+
+def build(source: Path | str, out: Path, cwd: Path, env: dict, *extra: str) -> int:
     """`ganforge data build` of the folder source, in `cwd`; returns its peak RSS in KiB."""
     ganforge = str(Path(sys.executable).parent / "ganforge")
     result = subprocess.run(
@@ -208,3 +231,20 @@ def test_archive_members_that_leave_it_are_refused_and_nothing_is_written_outsid
     assert outside(written, "deep/inside/out") == {"deep", "deep/inside"}  # its parents
     assert not any(Path(name).exists() for name in expected if name.startswith("/"))
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "up.png").exists()
+
+
+def test_s3_keys_that_leave_the_prefix_or_are_too_large_or_unreadable_are_rejects(
+    s3_env, subprocess_env, tmp_path
+):
+    """--input s3://: the objects under the prefix are checked as a folder's files are. A key
+    whose name leaves the prefix is never read, an object over the byte cap is refused from the
+    size S3 declares, one that cannot be read is that input's read_error; the others are built."""
+    client().create_bucket(Bucket=S3_BUCKET)
+    prefix = S3Url(S3_BUCKET, "raw")
+    expected = hostile_prefix(prefix)
+    (tmp_path / "cwd").mkdir()
+    out = tmp_path / "out"
+    # 48² inputs at 2,304 pixels: objects over 16 MiB + 8 bytes a pixel are not read
+    build(f"{prefix}/", out, tmp_path / "cwd", subprocess_env | s3_env, "--max-pixels", "2304")
+
+    assert outcomes(out) == expected

@@ -187,6 +187,12 @@ def test_each_file_runs_the_commands_it_is_for():
     assert {"ganforge --help"} <= programs["Dockerfile"]
     readme = {"ganforge data", "ganforge train", "ganforge pipeline", "ganforge sample"}
     assert readme | {"ray up", "ray job", "dvc push", "dvc repro"} <= programs[README]
+    # "Build on a cluster": a build from S3 to S3, submitted to the cluster as a job
+    readme_commands = [argv for source, argv in COMMANDS if source == README]
+    builds = [parse(list(a)) for a in readme_commands if a[:3] == ("ganforge", "data", "build")]
+    assert any(str(p["input"]).startswith("s3://") and str(p["out"]).startswith("s3://")
+               for p in builds)  # fmt: skip
+    assert any(a[:3] == ("ray", "job", "submit") and "build" in a for a in readme_commands)
 
 
 def test_ray_cluster_passes_rays_validation_with_gpu_workers_from_zero():
@@ -201,6 +207,11 @@ def test_ray_cluster_passes_rays_validation_with_gpu_workers_from_zero():
     assert not node_types[cluster["head_node_type"]]["resources"].get("GPU")
     gpu_types = [t for t in node_types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types and all(t["min_workers"] == 0 < t["max_workers"] for t in gpu_types)
+    # CPU workers for dataset builds, so the autoscaler (which keeps GPU nodes for GPU work)
+    # has somewhere to put their tasks
+    cpu_types = [t for name, t in node_types.items() if name != cluster["head_node_type"]
+                 and not t["resources"].get("GPU")]  # fmt: skip
+    assert cpu_types and all(t["min_workers"] == 0 < t["max_workers"] for t in cpu_types)
     assert all("IamInstanceProfile" in t["node_config"] for t in node_types.values())  # S3
 
 

@@ -1,15 +1,14 @@
 """S3 that fails some requests (tests/flaky_s3.py in front of moto: 503 and 500 answers,
-dropped connections, object GETs cut short mid-body): uploads and reads retry and end with
-exactly the local bytes and batches. (A shard whose bytes differ from the manifest is refused:
-see test_s3.py.)"""
+dropped connections, object GETs cut short mid-body): a build's writes and every read retry
+and end with exactly the local bytes and batches. (A shard whose bytes differ from the
+manifest is refused: see test_s3.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipelines.dataset.upload import upload_dataset
-from tests.conftest import tree_bytes
+from tests.conftest import build, tree_bytes
 from tests.flaky_s3 import FAULTS, FlakyS3
 from trainers.data import storage
 from trainers.data.reader import ShardReader
@@ -58,11 +57,12 @@ def flaky(s3_env, monkeypatch):
         yield proxy
 
 
-def test_upload_through_failing_requests_stores_the_local_bytes(flaky, moto, small_dataset):
-    summary = upload_dataset(small_dataset, S3Url(BUCKET, "upload"))
-    local = tree_bytes(small_dataset)  # every shard, the report and the manifest
-    assert summary.uploaded == len(local) and summary.unchanged == 0
-    assert stored(moto, "upload") == local
+def test_build_through_failing_requests_stores_the_local_bytes(flaky, moto, small_dataset):
+    """The small_dataset build, written to S3 by the pool's workers (they reach S3 through the
+    proxy too: its address is in the environment they start with)."""
+    out = S3Url(BUCKET, "build")
+    build(str(out), num_images=40, max_resolution=32, shard_size=16, seed=3, workers=2)
+    assert stored(moto, "build") == tree_bytes(small_dataset)  # no spool left under .build/
     assert flaky.errors["PUT"] and flaky.errors["HEAD"]  # refused writes and checks, retried
     assert flaky.faults.keys() == FAULTS.keys()  # 503s, 500s and dropped connections
 

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -17,11 +17,16 @@ from pipelines.cli.common import (
     LOG_FORMAT,
     RUNTIME_ERROR,
     USAGE_ERROR,
+    PrefectApi,
+    PrefectApiUnavailable,
     fail,
     params_section,
     prefect_defaults,
+    process_started_at,
 )
 from pipelines.dataset.config import BuildDatasetConfig
+from pipelines.dataset.executor import ExecutorKind, default_kind
+from trainers.data.storage import S3Url
 
 app = typer.Typer(
     help="Build and check multi-resolution WebDataset datasets.", no_args_is_help=True
@@ -43,14 +48,22 @@ def config_error_message(error: ValidationError) -> str:
     )
 
 
+def _types(annotation: Any) -> set:
+    """The types an annotation allows, unions and Annotated's metadata unwrapped."""
+    if get_origin(annotation) is Annotated:
+        return _types(get_args(annotation)[0])
+    return set().union(*map(_types, get_args(annotation))) if get_args(annotation) else {annotation}
+
+
 def _config_option(name: str) -> inspect.Parameter:
     """--NAME for a BuildDatasetConfig field: its type, its help and default (option_help),
     None when not given (then --params or the config's default decides)."""
     field = BuildDatasetConfig.model_fields[name]
-    (kind,) = [t for t in get_args(field.annotation) or [field.annotation] if t is not type(None)]
-    metavar = None
-    if kind is Path:  # taken as text: pathlib would fold the "//" of s3://BUCKET/PREFIX
-        kind, metavar = str, "<path>"
+    kinds = _types(field.annotation) - {type(None)}
+    if S3Url in kinds:  # a Location, taken as text: a Path would fold the "//" of s3://
+        kind, metavar = str, "<path|s3://...>"
+    else:
+        (kind,), metavar = kinds, None
     option = typer.Option(help=BuildDatasetConfig.option_help(name), metavar=metavar)
     annotation = Annotated[kind | None, option]
     return inspect.Parameter(
@@ -82,86 +95,94 @@ def data_build(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Parallel processes (this machine: all its cores).")
+        int,
+        typer.Option(
+            min=1,
+            help="Processes of the local executor (this machine: all its cores); with --executor "
+            "ray the cluster's CPUs decide.",
+        ),
     ] = os.cpu_count() or 1,
+    executor: Annotated[
+        ExecutorKind | None,
+        typer.Option(
+            help="Where the score, process and write tasks run: 'local' (a process pool of "
+            "--workers) or 'ray' (Ray tasks on every node of the cluster in RAY_ADDRESS, local "
+            "Ray when it is unset). Default: ray when RAY_ADDRESS is set, else local.",
+        ),
+    ] = None,
     **given,
 ) -> None:
     """Build validated multi-resolution WebDataset shards (a Prefect flow).
 
     Writes DIR/manifest.json (every shard with its sha256), DIR/report.json (every input,
     accepted or rejected with a reason) and DIR/rNNNN/shard-*.tar at every power of two from 4
-    to --max-resolution. Same inputs and options give byte-identical output; a killed build
-    resumes where it stopped (an interrupted upload too). S3 credentials and endpoint come
-    from boto3's usual chain (AWS_* variables, ~/.aws, an instance role).
+    to --max-resolution. Same inputs and options give byte-identical output, wherever the tasks
+    ran; a killed build resumes where it stopped. DIR and the inputs may be on S3
+    (s3://BUCKET/PREFIX; credentials and endpoint from boto3's usual chain: AWS_* variables,
+    ~/.aws, an instance role). With --executor ray they must be where every node reaches them:
+    S3, or a shared filesystem mounted at the same path. The flow reports to the Prefect server
+    in PREFECT_API_URL, else to a temporary local one.
     """
     from pipelines.dataset.sources import SourceError, check_paths
-    from pipelines.dataset.upload import check_bucket
-    from trainers.data.storage import S3Error, S3Url, is_s3_url
+    from pipelines.dataset.writer import check_bucket
+    from trainers.data.storage import S3Error
 
-    destination = None  # an S3Url when --out is one
     try:
         section = params_section(params, "build_dataset") if params else {}
         options = section | {k: v for k, v in given.items() if v is not None}
-        if options.get("out") is not None and is_s3_url(options["out"]):
-            from pipelines.dataset.publish import staging_folder
-
-            try:
-                destination = S3Url.parse(str(options["out"]))
-            except ValueError as error:
-                raise ValueError(f"--out {error}") from None
-            options["out"] = staging_folder(destination)
         config = BuildDatasetConfig(**options)
         check_paths(config)
     except ValidationError as error:
         raise fail(config_error_message(error), USAGE_ERROR) from None
     except (ValueError, SourceError) as error:
         raise fail(str(error), USAGE_ERROR) from None
-    if destination is not None:
-        try:
-            check_bucket(destination)
-        except S3Error as error:
-            raise fail(f"--out: {error}", USAGE_ERROR) from None
 
     prefect_defaults()
-    from pipelines.dataset.flow import (
-        WORK_DIR_NAME,
-        BuildFailed,
-        build_dataset,
-        local_run_settings,
-    )
+    kind = executor or default_kind()
+    from pipelines.dataset.executor import NotShared, started_ahead
 
-    created = not Path(config.out).exists()
+    created = isinstance(config.out, Path) and not config.out.exists()
     try:
-        with local_run_settings():
-            if destination is None:
-                result = build_dataset(config, workers=workers)
-            else:
-                from pipelines.dataset.publish import build_dataset_to_s3
+        # The workers (or the cluster connection) and Prefect's import start while the Prefect
+        # API does.
+        with PrefectApi() as api, started_ahead(kind, workers):
+            if isinstance(config.out, S3Url):
+                try:  # before a build spends minutes on a dataset it could not write
+                    check_bucket(config.out)
+                except S3Error as error:
+                    raise fail(f"--out: {error}", USAGE_ERROR) from None
+            from pipelines.dataset.flow import BuildFailed, build_dataset, local_run_settings
 
-                published = build_dataset_to_s3(config, destination, workers=workers)
-                result = published.build
-    except SourceError as error:  # found while listing: e.g. no images in --input
+            api.wait()
+            try:
+                with local_run_settings():
+                    result = build_dataset(config, workers=workers, executor=kind)
+            except BuildFailed as error:
+                raise fail(str(error), RUNTIME_ERROR) from None
+    except (SourceError, NotShared) as error:  # found while listing: e.g. no images in --input
         if created:  # leave no empty --out behind
             with contextlib.suppress(OSError):
-                Path(config.out).rmdir()
+                config.out.rmdir()
         raise fail(str(error), USAGE_ERROR) from None
-    except BuildFailed as error:
-        raise fail(str(error), RUNTIME_ERROR) from None
     except S3Error as error:
         raise fail(
-            f"upload to {destination} failed: {error}. The local build is kept in {config.out}; "
-            "a re-run uploads only what S3 does not hold yet",
+            f"{error}. Every task's finished work is kept under {config.out}; a re-run "
+            "resumes from it",
             RUNTIME_ERROR,
         ) from None
+    except (PrefectApiUnavailable, ConnectionError) as error:  # no API server, no Ray cluster
+        raise fail(str(error), RUNTIME_ERROR) from None
     except OSError as error:  # a full disk, a folder removed meanwhile
+        from pipelines.dataset.process import WORK_DIR_NAME
+
         raise fail(
             f"the build of {config.out} failed: {error}; a re-run resumes from the inputs "
-            f"processed so far, kept in {Path(config.out) / WORK_DIR_NAME}",
+            f"processed so far, kept in {config.out}/{WORK_DIR_NAME}",
             RUNTIME_ERROR,
         ) from None
     report, manifest = result.report, result.manifest
     typer.echo(
-        f"built {destination or result.out}: {report['accepted']} accepted, "
+        f"built {result.out}: {report['accepted']} accepted, "
         f"{report['rejected']} rejected "
         f"({report['converted']} converted) of {report['inputs']} inputs in "
         f"{result.seconds:.1f} s"
@@ -179,12 +200,15 @@ def data_build(
         f"  resolutions {manifest.resolutions[0]}..{manifest.resolutions[-1]}, "
         f"{len(manifest.shards)} shards, {manifest.total_bytes / 1e6:.1f} MB"
     )
-    if destination is not None:
-        sent = published.upload
+    if result.runs:
+        first = min(run.started for run in result.runs) - process_started_at()
         typer.echo(
-            f"  uploaded {sent.uploaded} files ({sent.unchanged} already there, "
-            f"{sent.removed} stale removed), {sent.bytes / 1e6:.1f} MB in all"
+            f"  {len(result.runs)} {kind} tasks on {len(result.nodes)} node(s); the first began "
+            f"{first:.1f} s after the command started"
         )
+    if kind is ExecutorKind.ray:
+        for node, count in sorted(result.nodes.items()):
+            typer.echo(f"    node {node[:12]}…: {count} tasks")
 
 
 @app.command("verify")

@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from trainers.data.storage import S3Url, read_bytes
+
 LANDMARK_NAMES = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
 # Crops narrower than this many source pixels are "too small": 1024² would be an 8x upscale.
 MIN_FACE_SIDE = 128
@@ -77,7 +79,7 @@ class ImageListError(ValueError):
     """CelebA-HQ's image_list.txt is not in its published format."""
 
 
-def read_landmarks(path: Path) -> list[tuple[str, np.ndarray]]:
+def read_landmarks(path: Path | S3Url) -> list[tuple[str, np.ndarray]]:
     """CelebA's list_landmarks_celeba.txt (or the same-format list_landmarks_align_celeba.txt),
     in file order: (image file name, float32 [5, 2] (x, y) per LANDMARK_NAMES). The points are
     views into one float32 [N, 5, 2] array (8 MB for CelebA's 202,599 rows), parsed in under 1 s."""
@@ -106,7 +108,7 @@ def read_landmarks(path: Path) -> list[tuple[str, np.ndarray]]:
     return list(zip(names, points, strict=True))
 
 
-def read_image_list(path: Path) -> list[tuple[int, str]]:
+def read_image_list(path: Path | S3Url) -> list[tuple[int, str]]:
     """The official CelebA-HQ image_list.txt: (CelebA-HQ index, CelebA file name e.g.
     '119614.jpg'), sorted by index. Only idx and orig_file are used; the md5 columns describe
     the original authors' processing, which this module does not reproduce bit for bit."""
@@ -133,10 +135,10 @@ def read_image_list(path: Path) -> list[tuple[int, str]]:
     return sorted(zip(indices, names, strict=True))
 
 
-def _table_lines(path: Path, error: type[ValueError]) -> list[str]:
+def _table_lines(path: Path | S3Url, error: type[ValueError]) -> list[str]:
     """The file's lines, trailing blank ones dropped (CelebA's files end with a newline)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_bytes(path).decode("utf-8").splitlines()
     except UnicodeDecodeError as problem:
         raise error(f"{path}: not a text file ({problem})") from None
     while lines and not lines[-1].strip():
@@ -152,7 +154,7 @@ def _integer(text: str) -> int | None:
 
 
 def _check_header(
-    path: Path, lines: list[str], number: int, expected: list[str], error: type[ValueError]
+    path: Path | S3Url, lines: list[str], number: int, expected: list[str], error: type[ValueError]
 ) -> None:
     found = lines[number - 1].split() if len(lines) >= number else []
     if found != expected:
@@ -162,7 +164,7 @@ def _check_header(
         )
 
 
-def _landmark_numbers(path: Path, rows: list[str], numbers: list[str]) -> np.ndarray:
+def _landmark_numbers(path: Path | S3Url, rows: list[str], numbers: list[str]) -> np.ndarray:
     """float32 [N * 10] of the rows' numbers; a value that is not a finite number is an error
     naming its line (found by a second, slower pass that only runs on a bad file)."""
     try:
@@ -183,7 +185,7 @@ def _landmark_numbers(path: Path, rows: list[str], numbers: list[str]) -> np.nda
 
 
 def _check_unique(
-    path: Path, keys: list, numbers: range, what: str, error: type[ValueError]
+    path: Path | S3Url, keys: list, numbers: range, what: str, error: type[ValueError]
 ) -> None:
     if len(set(keys)) == len(keys):
         return

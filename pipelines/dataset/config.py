@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from trainers.data.format import MAX_RESOLUTION, MIN_RESOLUTION, check_resolution
+from trainers.data.storage import S3Url, is_s3_url
+
+
+def _location(value: Any) -> Any:
+    """s3://BUCKET/PREFIX as an S3Url (a Path would fold its "//"); anything else is a Path."""
+    return S3Url.parse(value) if isinstance(value, str) and is_s3_url(value) else value
+
+
+# A local path, or s3://BUCKET/KEY read and written through boto3 (trainers.data.storage).
+Location = Annotated[Path | S3Url, BeforeValidator(_location)]
 
 
 class SourceKind(StrEnum):
@@ -40,23 +50,26 @@ class BuildDatasetConfig(BaseModel):
         "CelebA-HQ download named by index) or 'celeba' (CelebA in-the-wild images + --landmarks: "
         "CelebA-HQ-style oriented face crops, the best --num-images by quality score).",
     )
-    input: Path | None = Field(
+    input: Location | None = Field(
         None,
-        description="Folder/zip/tar of images for --source folder or celeba (img_celeba/).",
+        description="Folder/zip/tar of images for --source folder or celeba (img_celeba/), or "
+        "s3://BUCKET/PREFIX/ of image objects.",
     )
-    landmarks: Path | None = Field(
-        None, description="celeba: CelebA's 5-point landmark file (list_landmarks_celeba.txt)."
-    )
-    image_list: Path | None = Field(
+    landmarks: Location | None = Field(
         None,
-        description="celeba: CelebA-HQ's image_list.txt; takes exactly its 30,000 images, keyed "
-        "by their CelebA-HQ index, instead of the best by score (the deltas are not needed).",
+        description="celeba: CelebA's 5-point landmark file (list_landmarks_celeba.txt), a path "
+        "or s3://BUCKET/KEY.",
     )
-    out: Path = Field(
+    image_list: Location | None = Field(
+        None,
+        description="celeba: CelebA-HQ's image_list.txt (a path or s3://BUCKET/KEY); takes "
+        "exactly its 30,000 images, keyed by their CelebA-HQ index, instead of the best by score "
+        "(the deltas are not needed).",
+    )
+    out: Location = Field(
         Path("data/quickstart"),
-        description="Dataset folder to write, or s3://BUCKET/PREFIX: built in a local staging "
-        "folder ($XDG_CACHE_HOME/ganforge/staging), then uploaded with checksums, the manifest "
-        "last.",
+        description="Dataset folder to write, or s3://BUCKET/PREFIX: the build's tasks write "
+        "their spools and shards there directly (with checksums), the manifest last.",
     )
     num_images: int | None = Field(
         None,

@@ -1,24 +1,28 @@
 """The dataset build as a Prefect flow: ingest → [score → choose best] → process (parallel) →
-select → write → finish (celeba without an image list scores every input first and processes
-only the best num_images).
+select → write (parallel) → finish (celeba without an image list scores every input first and
+processes only the best num_images).
 
-Tasks run on Prefect's thread runner; the CPU-heavy part of `process` runs in a plain spawn
-process pool, because Prefect's ProcessPoolTaskRunner makes every child start its own
-ephemeral API server (measured here: they lock each other's SQLite database).
+Prefect tasks run on its thread runner, in this process; each score, process and write task
+hands its CPU work to the build's executor (pipelines.dataset.executor): a spawn process pool
+on one machine, or Ray tasks across a Ray cluster's nodes (why not prefect-ray: see
+build_dataset). Prefect's ProcessPoolTaskRunner is not used either: every child starts its
+own ephemeral API server, and they lock each other's SQLite database.
+
+Every task reads its inputs and writes its output where every node reaches them (a folder on
+a shared filesystem, or S3): spools under DIR/.build/, then shards; a task run twice (a lost
+node, a resumed build) writes the same bytes, so the output never depends on where tasks ran.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
+import math
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,9 @@ from tqdm import tqdm
 
 import pipelines
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
+from pipelines.dataset.executor import BuildExecutor, ExecutorKind, TaskRun, running
 from pipelines.dataset.process import (
+    WORK_DIR_NAME,
     ChunkSpec,
     InputRecord,
     ScoreRecord,
@@ -40,13 +46,14 @@ from pipelines.dataset.process import (
     load_chunk_scores,
     process_chunk,
     score_chunk,
-    warm_up,
     write_shard_group,
 )
 from pipelines.dataset.sources import InputRef, Listing, SourceError, list_inputs, name_bytes
 from pipelines.dataset.validate import Reason
+from pipelines.dataset.writer import Writer, writer_at
 from trainers.data.format import (
     MANIFEST_NAME,
+    MAX_RESOLUTION,
     REPORT_NAME,
     Counts,
     Manifest,
@@ -55,11 +62,15 @@ from trainers.data.format import (
     resolution_dir,
     resolutions_up_to,
 )
-from trainers.files import write_atomic
+from trainers.data.storage import S3Url
 
-CHUNK_INPUTS = 32  # inputs per process task: ~0.3-2 s of work, so task overhead stays small
-SCORE_CHUNK_INPUTS = 256  # celeba inputs per score task (a few ms each)
-WORK_DIR_NAME = ".build"  # spools of a build in progress; removed when the build completes
+# Inputs per task, at most; a smaller input is still split into at least as many tasks as
+# given, so that every worker has work (48 celeba crops in chunks of 32 kept one of two workers
+# idle half the build), but not into more: each task costs the flow and Prefect's API ~50 ms
+# of CPU.
+CHUNK_INPUTS, MIN_CHUNKS = 32, 16  # process: ~0.3-2 s of work per task at 32
+SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS = 256, 4  # celeba's score pass: a few ms per input
+PLAN_NAME = "plan.json"  # under WORK_DIR_NAME: what the spools there were made for
 
 
 class BuildFailed(Exception):
@@ -68,10 +79,16 @@ class BuildFailed(Exception):
 
 @dataclass
 class BuildResult:
-    out: Path
+    out: Path | S3Url
     manifest: Manifest
     report: dict
     seconds: float
+    runs: list[TaskRun] = field(default_factory=list)  # every executor call, in finishing order
+
+    @property
+    def nodes(self) -> Counter[str]:
+        """Executor calls per node that ran them."""
+        return Counter(run.node for run in self.runs)
 
 
 @dataclass
@@ -92,14 +109,14 @@ def ingest(config: BuildDatasetConfig) -> Listing:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def process(spec: ChunkSpec, pool: Executor) -> list[InputRecord]:
-    done = load_chunk_records(spec.work_dir, spec.chunk_index)
+def process(spec: ChunkSpec, pool: BuildExecutor) -> list[InputRecord]:
+    done = load_chunk_records(spec.out, spec.chunk_index)
     return done if done is not None else pool.submit(process_chunk, spec).result()
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def score(spec: ChunkSpec, pool: Executor) -> list[ScoreRecord]:
-    done = load_chunk_scores(spec.work_dir, spec.chunk_index)
+def score(spec: ChunkSpec, pool: BuildExecutor) -> list[ScoreRecord]:
+    done = load_chunk_scores(spec.out, spec.chunk_index)
     return done if done is not None else pool.submit(score_chunk, spec).result()
 
 
@@ -138,7 +155,7 @@ def select(records: list[InputRecord], seed: int) -> Selection:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def write_shards(spec: ShardSpec, pool: Executor) -> list[ShardEntry]:
+def write_shards(spec: ShardSpec, pool: BuildExecutor) -> list[ShardEntry]:
     return pool.submit(write_shard_group, spec).result()
 
 
@@ -181,36 +198,51 @@ def source_digest(listing: Listing, records: list[InputRecord | ScoreRecord]) ->
     return digest.hexdigest()
 
 
-def _prepare_work_dir(out: Path, config: BuildDatasetConfig, listing: Listing) -> Path:
+def _prepare_work_dir(out: Writer, config: BuildDatasetConfig, listing: Listing) -> None:
     """Reuse the spools of an interrupted build of the same plan; discard any other's."""
-    work_dir = out / WORK_DIR_NAME
     plan = canonical_json(
         {
             "params": config.params(),
             "input": str(config.input),
             "listing": listing.digest,
             "ganforge_version": pipelines.__version__,
-            "chunk_inputs": [CHUNK_INPUTS, SCORE_CHUNK_INPUTS],
+            "chunk_inputs": [CHUNK_INPUTS, MIN_CHUNKS, SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS],
         }
     )
-    plan_path = work_dir / "plan.json"
-    if plan_path.is_file() and plan_path.read_bytes() != plan:
-        shutil.rmtree(work_dir)
-    write_atomic(plan_path, plan)
-    return work_dir
+    plan_name = f"{WORK_DIR_NAME}/{PLAN_NAME}"
+    try:
+        if out.read(plan_name) != plan:
+            out.delete_folder(WORK_DIR_NAME)
+    except FileNotFoundError:
+        pass
+    out.write(plan_name, plan)
 
 
-def _remove_stale(out: Path, entries: list[ShardEntry], resolutions: list[int]) -> None:
+def _remove_stale(out: Writer, entries: list[ShardEntry], resolutions: list[int]) -> None:
     """Shards of an earlier build (other params) and temp files of killed ones."""
-    keep = {out / e.path for e in entries}
-    wanted_dirs = {resolution_dir(r) for r in resolutions}
-    for child in out.iterdir():
-        if child.is_dir() and child.name.startswith("r") and child.name not in wanted_dirs:
-            shutil.rmtree(child)
-    for directory in wanted_dirs:
-        for file in (out / directory).iterdir():
-            if file not in keep:
-                file.unlink()
+    keep = {e.path for e in entries}
+    wanted = [resolution_dir(r) for r in resolutions]
+    for folder in {resolution_dir(r) for r in resolutions_up_to(MAX_RESOLUTION)} - set(wanted):
+        out.delete_folder(folder)
+    out.delete(sorted(set(out.files(wanted)) - keep))
+
+
+def _absolute(config: BuildDatasetConfig) -> BuildDatasetConfig:
+    """Local paths made absolute: the workers, Ray's on any node, run in other directories."""
+    paths = ("input", "landmarks", "image_list", "out")
+    return config.model_copy(
+        update={
+            name: getattr(config, name).absolute()
+            for name in paths
+            if isinstance(getattr(config, name), Path)
+        }
+    )
+
+
+def chunk_size(count: int, largest: int, fewest: int) -> int:
+    """Inputs per task: `largest`, or fewer so that `count` inputs make `fewest` tasks. It
+    depends on the count only, so that a resumed build finds its spools whatever its workers."""
+    return max(1, min(largest, math.ceil(count / fewest)))
 
 
 @contextmanager
@@ -227,15 +259,15 @@ def local_run_settings() -> Iterator[None]:
 
 
 def _chunks(
-    config: BuildDatasetConfig, inputs: list[InputRef], size: int, work_dir: Path
+    config: BuildDatasetConfig, inputs: list[InputRef], size: int, out: Writer
 ) -> list[ChunkSpec]:
     return [
-        ChunkSpec(config, i, inputs[start : start + size], work_dir)
+        ChunkSpec(config, i, inputs[start : start + size], out)
         for i, start in enumerate(range(0, len(inputs), size))
     ]
 
 
-def _run_chunks(step, chunks: list[ChunkSpec], pool: Executor, desc: str) -> list:
+def _run_chunks(step, chunks: list[ChunkSpec], pool: BuildExecutor, desc: str) -> list:
     """A chunk task over every chunk, with a progress bar; the records in input order."""
     futures = [step.submit(quote(spec), pool) for spec in chunks]
     records: list = []
@@ -248,7 +280,7 @@ def _run_chunks(step, chunks: list[ChunkSpec], pool: Executor, desc: str) -> lis
 
 
 def _usable_inputs(
-    config: BuildDatasetConfig, listing: Listing, work_dir: Path, pool: Executor
+    config: BuildDatasetConfig, listing: Listing, out: Writer, pool: BuildExecutor
 ) -> tuple[list[InputRef], list[InputRecord], list[ScoreRecord]]:
     """The inputs to process; reject records of the others (missing, or failed at scoring); and
     the scores (celeba without image_list: every present input is scored first, in chunks that
@@ -259,7 +291,8 @@ def _usable_inputs(
     ]
     if not listing.scored:
         return listing.inputs, rejects, []
-    chunks = _chunks(config, listing.inputs, SCORE_CHUNK_INPUTS, work_dir)
+    size = chunk_size(len(listing.inputs), SCORE_CHUNK_INPUTS, MIN_SCORE_CHUNKS)
+    chunks = _chunks(config, listing.inputs, size, out)
     scores = _run_chunks(score, chunks, pool, "score")
     assert config.num_images is not None
     kept, unscored = choose_best(quote(listing.inputs), quote(scores), config.num_images)
@@ -267,19 +300,17 @@ def _usable_inputs(
 
 
 def _write_all(
-    out: Path,
-    work_dir: Path,
+    out: Writer,
     resolutions: list[int],
     order: list[InputRecord],
     shard_size: int,
-    pool: Executor,
+    pool: BuildExecutor,
 ) -> list[ShardEntry]:
     """Shard i holds samples [i*shard_size, (i+1)*shard_size) of the order at every resolution."""
     # quote(): Prefect would walk every record of every argument looking for futures.
     futures = [
         write_shards.submit(
-            quote(ShardSpec(out, work_dir, resolutions, i, order[start : start + shard_size])),
-            pool,
+            quote(ShardSpec(out, resolutions, i, order[start : start + shard_size])), pool
         )
         for i, start in enumerate(range(0, len(order), shard_size))
     ]
@@ -292,28 +323,37 @@ def _write_all(
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
+def build_dataset(
+    config: BuildDatasetConfig, workers: int = 1, executor: ExecutorKind = ExecutorKind.local
+) -> BuildResult:
+    """Builds config.out; the score, process and write work runs on `executor`: a local pool of
+    `workers` processes, or Ray tasks on the cluster's nodes (its CPUs decide how many at once).
+
+    Ray tasks behind this seam, not prefect-ray's RayTaskRunner: task states stay with this
+    process's Prefect API (other nodes may not reach it), workers never import Prefect, and
+    Ray itself reruns a lost node's tasks."""
     started = time.perf_counter()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Without a manifest the folder reads as incomplete until this build finishes.
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    # Spawn: no fork of a threaded process. Started first, so the workers' interpreter start and
-    # imports overlap the listing; processing and shard writing both run in it.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for _ in range(workers):
-            pool.submit(warm_up)
+    config = _absolute(config)
+    out = writer_at(config.out)
+    out.prepare()
+    # Without a manifest the dataset reads as incomplete until this build finishes.
+    out.delete([MANIFEST_NAME])
+    # The executor (its workers' start) may have been started ahead, while the API started.
+    with running(executor, workers) as pool:
         listing = ingest(config)
-        work_dir = _prepare_work_dir(out, config, listing)
-        inputs, rejects, scores = _usable_inputs(config, listing, work_dir, pool)
-        chunks = _chunks(config, inputs, CHUNK_INPUTS, work_dir)
+        _prepare_work_dir(out, config, listing)
+        # the local paths the workers read and write: the input, and the spools' folder (the
+        # plan just written there shows that a node sees this folder, not one of its own)
+        plan = config.out / WORK_DIR_NAME / PLAN_NAME if isinstance(config.out, Path) else None
+        pool.check_shared([path for path in (config.input, plan) if isinstance(path, Path)])
+        inputs, rejects, scores = _usable_inputs(config, listing, out, pool)
+        chunks = _chunks(config, inputs, chunk_size(len(inputs), CHUNK_INPUTS, MIN_CHUNKS), out)
         records = _run_chunks(process, chunks, pool, "process")
         records = sorted(records + rejects, key=lambda r: r.index)
         selection = select(quote(records), config.seed)
         not_selected = sum(s.reason is None for s in scores) - len(inputs) if scores else 0
         report = build_report(config, listing, selection.records, not_selected)
-        write_atomic(out / REPORT_NAME, canonical_json(report))
+        out.write(REPORT_NAME, canonical_json(report))
         if report["reject_fraction"] > config.max_reject_fraction:
             by_count = sorted(report["rejected_by_reason"].items(), key=lambda kv: -kv[1])
             top = ", ".join(f"{reason}: {count}" for reason, count in by_count[:5])
@@ -321,10 +361,12 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
                 f"{report['rejected']} of {report['inputs']} inputs rejected "
                 f"({report['reject_fraction']:.2%} > --max-reject-fraction "
                 f"{config.max_reject_fraction:.2%}); reasons: {top}. Every reject is listed in "
-                f"{out / REPORT_NAME}; processed chunks are kept in {work_dir} for the next run."
+                f"{out.url(REPORT_NAME)}; processed chunks are kept in {out.url(WORK_DIR_NAME)} "
+                "for the next run."
             )
         resolutions = resolutions_up_to(config.max_resolution)
-        entries = _write_all(out, work_dir, resolutions, selection.order, config.shard_size, pool)
+        entries = _write_all(out, resolutions, selection.order, config.shard_size, pool)
+        runs = list(pool.runs)
     _remove_stale(out, entries, resolutions)
     manifest = Manifest(
         ganforge_version=pipelines.__version__,
@@ -341,6 +383,6 @@ def build_dataset(config: BuildDatasetConfig, workers: int = 1) -> BuildResult:
         shards=entries,
         total_bytes=sum(e.bytes for e in entries),
     )
-    write_atomic(out / MANIFEST_NAME, canonical_json(manifest.model_dump()))
-    shutil.rmtree(work_dir)
-    return BuildResult(out, manifest, report, time.perf_counter() - started)
+    out.write(MANIFEST_NAME, canonical_json(manifest.model_dump()))
+    out.delete_folder(WORK_DIR_NAME)
+    return BuildResult(config.out, manifest, report, time.perf_counter() - started, runs)

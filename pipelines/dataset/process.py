@@ -1,10 +1,11 @@
-"""Pool-worker side of a build: inputs → validated RGB → pyramid PNGs in a chunk spool, and
+"""Worker side of a build: inputs → validated RGB → pyramid PNGs in a chunk spool, and
 spools → shards.
 
-Runs in plain worker processes (no Prefect, no torch import): each chunk's encoded pyramids go
-to one spool file plus a JSON list of per-input records, both written atomically, so a killed
-build resumes from the chunks already on disk. Shards are assembled from spools afterwards, once
-duplicates are known and the seeded order is fixed.
+Runs in plain worker processes, a local pool's or Ray's on any node (no Prefect, no torch
+import): each chunk's encoded pyramids go to one spool file plus a JSON list of per-input
+records, both written atomically under the dataset's WORK_DIR_NAME (a folder, or a prefix on
+S3), so a killed build resumes from the chunks already written. Shards are assembled from spools
+afterwards, once duplicates are known and the seeded order is fixed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import hashlib
 import io
 import json
 import tarfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -25,8 +26,10 @@ from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
 from pipelines.dataset.sources import InputRef, read_input
 from pipelines.dataset.validate import Reason, Rejected, decode, max_file_bytes, pixel_digest
+from pipelines.dataset.writer import Writer
 from trainers.data.format import ShardEntry, canonical_json, sample_key, shard_name
-from trainers.files import atomic_file, write_atomic
+
+WORK_DIR_NAME = ".build"  # spools of a build in progress; removed when the build completes
 
 
 @dataclass
@@ -52,28 +55,35 @@ class ChunkSpec:
     config: BuildDatasetConfig
     chunk_index: int
     inputs: list[InputRef]
-    work_dir: Path
+    out: Writer  # where the dataset and its spools go
 
 
-def spool_paths(work_dir: Path, chunk_index: int) -> tuple[Path, Path]:
-    stem = work_dir / f"chunk-{chunk_index:06d}"
-    return stem.with_suffix(".bin"), stem.with_suffix(".json")
+def spool_names(chunk_index: int) -> tuple[str, str]:
+    """The chunk's spool and records file, relative to the dataset root."""
+    stem = f"{WORK_DIR_NAME}/chunk-{chunk_index:06d}"
+    return f"{stem}.bin", f"{stem}.json"
 
 
-def load_chunk_records(work_dir: Path, chunk_index: int) -> list[InputRecord] | None:
-    """Records of a chunk finished by an earlier (possibly killed) build, or None."""
-    _, records_path = spool_paths(work_dir, chunk_index)
-    if not records_path.is_file():
+def _load(out: Writer, name: str) -> list[dict] | None:
+    try:
+        return json.loads(out.read(name))
+    except FileNotFoundError:
         return None
-    return [InputRecord(**r) for r in json.loads(records_path.read_bytes())]
+
+
+def load_chunk_records(out: Writer, chunk_index: int) -> list[InputRecord] | None:
+    """Records of a chunk finished by an earlier (possibly killed) build, or None."""
+    done = _load(out, spool_names(chunk_index)[1])
+    return None if done is None else [InputRecord(**r) for r in done]
 
 
 def _read(config: BuildDatasetConfig, ref: InputRef) -> tuple[bytes, str]:
     """An input's raw bytes and their sha256, or Rejected: whatever reading it raises (a link
-    loop, a damaged archive member, an encrypted one) is this input's reject, not the build's."""
+    loop, a damaged archive member, an encrypted one, an S3 object still unreadable after its
+    retries) is this input's reject, not the build's."""
     assert config.input is not None
     try:
-        raw = read_input(Path(config.input), ref.path, max_file_bytes(config.max_pixels))
+        raw = read_input(config.input, ref.path, max_file_bytes(config.max_pixels))
     except Rejected:
         raise
     except Exception as error:
@@ -127,16 +137,14 @@ class ScoreRecord:
     content_sha256: str = ""
 
 
-def score_paths(work_dir: Path, chunk_index: int) -> Path:
-    return work_dir / f"score-{chunk_index:06d}.json"
+def score_name(chunk_index: int) -> str:
+    return f"{WORK_DIR_NAME}/score-{chunk_index:06d}.json"
 
 
-def load_chunk_scores(work_dir: Path, chunk_index: int) -> list[ScoreRecord] | None:
+def load_chunk_scores(out: Writer, chunk_index: int) -> list[ScoreRecord] | None:
     """Scores of a chunk finished by an earlier (possibly killed) build, or None."""
-    path = score_paths(work_dir, chunk_index)
-    if not path.is_file():
-        return None
-    return [ScoreRecord(**r) for r in json.loads(path.read_bytes())]
+    done = _load(out, score_name(chunk_index))
+    return None if done is None else [ScoreRecord(**r) for r in done]
 
 
 def score_chunk(spec: ChunkSpec) -> list[ScoreRecord]:
@@ -164,9 +172,8 @@ def score_chunk(spec: ChunkSpec) -> list[ScoreRecord]:
         except Rejected as rejected:
             record.reason, record.detail = rejected.reason.value, rejected.detail
         records.append(record)
-    write_atomic(
-        score_paths(spec.work_dir, spec.chunk_index),
-        json.dumps([dataclasses.asdict(r) for r in records]).encode(),
+    spec.out.write(
+        score_name(spec.chunk_index), json.dumps([dataclasses.asdict(r) for r in records]).encode()
     )
     return records
 
@@ -189,50 +196,31 @@ def process_chunk(spec: ChunkSpec) -> list[InputRecord]:
         except Rejected as rejected:
             record.reason, record.detail = rejected.reason.value, rejected.detail
         records.append(record)
-    spool_path, records_path = spool_paths(spec.work_dir, spec.chunk_index)
-    write_atomic(spool_path, bytes(spool))
+    spool_name, records_name = spool_names(spec.chunk_index)
+    spec.out.write(spool_name, bytes(spool))
     # The records file is the chunk's completion mark: written after its spool.
-    write_atomic(records_path, json.dumps([dataclasses.asdict(r) for r in records]).encode())
+    spec.out.write(records_name, json.dumps([dataclasses.asdict(r) for r in records]).encode())
     return records
 
 
-class SpoolReader:
-    """Reads encoded images back from chunk spools, keeping each spool file open once."""
-
-    def __init__(self, work_dir: Path):
-        self.work_dir = work_dir
-        self._files: dict[int, BinaryIO] = {}
-
-    def read(self, record: InputRecord, resolution: int) -> bytes:
-        offset, length = record.spool[str(resolution)]
-        spool = self._files.get(record.chunk_index)
-        if spool is None:
-            spool_path, _ = spool_paths(self.work_dir, record.chunk_index)
-            spool = self._files[record.chunk_index] = open(spool_path, "rb")  # noqa: SIM115
-        spool.seek(offset)
-        return spool.read(length)
-
-    def __enter__(self) -> SpoolReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for spool in self._files.values():
-            spool.close()
+def read_pyramid(out: Writer, record: InputRecord) -> dict[int, bytes]:
+    """{resolution: PNG} of an accepted input, from its chunk's spool: the levels lie one after
+    another there, so one read (one ranged GET on S3) gets them all."""
+    start = min(offset for offset, _ in record.spool.values())
+    end = max(offset + length for offset, length in record.spool.values())
+    data = out.read_range(spool_names(record.chunk_index)[0], start, end - start)
+    return {
+        int(resolution): data[offset - start : offset - start + length]
+        for resolution, (offset, length) in record.spool.items()
+    }
 
 
 @dataclass(frozen=True)
 class ShardSpec:
-    out: Path
-    work_dir: Path
+    out: Writer
     resolutions: list[int]
     shard_index: int
     samples: list[InputRecord]  # in shard order
-
-
-def warm_up() -> None:
-    """Submitted once per pool worker at the start of a build: imports what processing needs
-    while the flow lists the inputs."""
-    import pipelines.dataset.synthetic  # noqa: F401
 
 
 class _HashingWriter:
@@ -254,42 +242,43 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _write_shard(
-    out: Path, spools: SpoolReader, resolution: int, shard_index: int, samples: list[InputRecord]
-) -> ShardEntry:
+def write_shard_group(spec: ShardSpec) -> list[ShardEntry]:
+    """One shard index at every resolution: the same samples, in the same order. All its tar
+    files are written at once, so each sample's pyramid is read from its spool once."""
     # stdlib tarfile, not wds.TarWriter: importing webdataset imports torch (1.7 s a worker);
     # members as TarWriter writes them (sorted extensions, <key>.<ext>), read by webdataset.
-    with atomic_file(out / shard_name(resolution, shard_index)) as f:
-        hashing = _HashingWriter(f)
-        with tarfile.open(fileobj=hashing, mode="w|") as tar:
-            for record in samples:
-                members = {
-                    "json": canonical_json(
-                        {
-                            "source_id": record.index,
-                            "source_path": record.path,
-                            "original_size": record.original_size,
-                            "conversions": record.conversions,
-                        }
-                    ),
-                    "png": spools.read(record, resolution),
+    hashing: dict[int, _HashingWriter] = {}
+    with ExitStack() as files:
+        tars = {}
+        for resolution in spec.resolutions:
+            name = shard_name(resolution, spec.shard_index)
+            file = files.enter_context(spec.out.open_write(name))
+            hashing[resolution] = _HashingWriter(file)
+            # entered after its file, so closed (end blocks written) before the file is
+            tars[resolution] = files.enter_context(
+                tarfile.open(fileobj=hashing[resolution], mode="w|")
+            )
+        for record in spec.samples:
+            metadata = canonical_json(
+                {
+                    "source_id": record.index,
+                    "source_path": record.path,
+                    "original_size": record.original_size,
+                    "conversions": record.conversions,
                 }
-                for extension, data in members.items():
+            )
+            pyramid = read_pyramid(spec.out, record)
+            for resolution, tar in tars.items():
+                for extension, data in (("json", metadata), ("png", pyramid[resolution])):
                     name = f"{sample_key(record.index)}.{extension}"
                     tar.addfile(_tar_member(name, len(data)), io.BytesIO(data))
-    return ShardEntry(
-        path=shard_name(resolution, shard_index),
-        resolution=resolution,
-        count=len(samples),
-        bytes=hashing.bytes,
-        sha256=hashing.sha256.hexdigest(),
-    )
-
-
-def write_shard_group(spec: ShardSpec) -> list[ShardEntry]:
-    """One shard index at every resolution: the same samples, in the same order."""
-    with SpoolReader(spec.work_dir) as spools:
-        return [
-            _write_shard(spec.out, spools, r, spec.shard_index, spec.samples)
-            for r in spec.resolutions
-        ]
+    return [
+        ShardEntry(
+            path=shard_name(resolution, spec.shard_index),
+            resolution=resolution,
+            count=len(spec.samples),
+            bytes=hashing[resolution].bytes,
+            sha256=hashing[resolution].sha256.hexdigest(),
+        )
+        for resolution in spec.resolutions
+    ]

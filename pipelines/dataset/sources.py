@@ -1,4 +1,5 @@
-"""Where inputs come from: a stable, indexed list of them, and a way to read each one."""
+"""Where inputs come from: a stable, indexed list of them, and a way to read each one (from a
+folder, a .zip or .tar archive, or an S3 prefix)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import BinaryIO
 
 from pipelines.dataset.config import BuildDatasetConfig, SourceKind
 from pipelines.dataset.validate import Reason, Rejected
+from trainers.data.storage import S3Dataset, S3Url, open_object, read_bytes
 from trainers.files import output_problem
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -55,7 +57,7 @@ def is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _no_images(root: Path) -> SourceError:
+def _no_images(root: Path | S3Url) -> SourceError:
     return SourceError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
@@ -74,7 +76,7 @@ def list_inputs(config: BuildDatasetConfig) -> Listing:
         identity = f"synthetic-v{GENERATOR_VERSION}:seed={config.seed}:n={config.num_images}"
         return Listing(refs, [], hashlib.sha256(identity.encode()).hexdigest())
     assert config.input is not None
-    names, skipped = _archive_names(Path(config.input))
+    names, skipped = _archive_names(config.input)
     images = sorted(filter(is_image_name, names), key=natural_key)
     ignored = sorted(n for n in names if not is_image_name(n))
     if config.source is SourceKind.celeba:
@@ -82,7 +84,7 @@ def list_inputs(config: BuildDatasetConfig) -> Listing:
     if config.num_images is not None:
         images = images[: config.num_images]
     if not images:
-        raise _no_images(Path(config.input))
+        raise _no_images(config.input)
     listing_digest = hashlib.sha256(name_bytes("\n".join(images))).hexdigest()
     inputs = [InputRef(i, n) for i, n in enumerate(images)]
     return Listing(inputs, ignored, listing_digest, skipped=skipped)
@@ -97,10 +99,11 @@ def _list_celeba(
 
     assert config.landmarks is not None
     try:
-        rows = celeba.read_landmarks(Path(config.landmarks))
-        chosen = celeba.read_image_list(Path(config.image_list)) if config.image_list else None
-    except OSError as error:
-        raise SourceError(f"cannot read {error.filename}: {error.strerror}") from None
+        rows = celeba.read_landmarks(config.landmarks)
+        chosen = celeba.read_image_list(config.image_list) if config.image_list else None
+    except OSError as error:  # on S3 there is no file name: the message names the object
+        what = f"{error.filename}: {error.strerror}" if error.filename else error
+        raise SourceError(f"cannot read {what}") from None
     except (celeba.LandmarkFileError, celeba.ImageListError) as error:
         raise SourceError(str(error)) from None
     found: dict[str, str] = {}
@@ -125,44 +128,56 @@ def _list_celeba(
             f"none of the {len(wanted)} images {config.landmarks} lists is in {config.input}"
         )
     digest = hashlib.sha256()
-    for part in (Path(config.landmarks), config.image_list):
-        digest.update(Path(part).read_bytes() if part else b"-")
+    for part in (config.landmarks, config.image_list):
+        digest.update(read_bytes(part) if part else b"-")
     digest.update(name_bytes("\n".join(r.path for r in inputs)))
     return Listing(inputs, ignored, digest.hexdigest(), missing, unlisted, chosen is None, skipped)
 
 
 def check_paths(config: BuildDatasetConfig) -> None:
     """What the locations tell before anything runs, as a SourceError naming the option and
-    the fix: the inputs exist, --out can be written, and neither holds the other (a build whose
-    --out is inside --input would read its own output on the next run)."""
+    the fix: the local inputs exist, a local --out can be written, and neither holds the other
+    (a build whose --out is inside --input would read its own output on the next run). An
+    s3:// location is not looked up here (no request before the build starts): listing
+    --input, reading the landmarks and reaching --out's bucket say what is wrong with it."""
     for option, path in (
         ("--input", config.input),
         ("--landmarks", config.landmarks),
         ("--image-list", config.image_list),
     ):
-        if path is not None and not Path(path).exists():
+        if isinstance(path, Path) and not path.exists():
             raise SourceError(f"{option} {path} does not exist")
     for option, path in (("--landmarks", config.landmarks), ("--image-list", config.image_list)):
-        if path is not None and not Path(path).is_file():
+        if isinstance(path, Path) and not path.is_file():
             raise SourceError(f"{option} {path} is not a file")
-    if config.input is not None and not _holds_images(Path(config.input)):
-        raise _no_images(Path(config.input))
-    out = Path(config.out)
-    problem = output_problem(out, folder=True)
-    if problem is not None:
-        raise SourceError(f"--out {out}: {problem}")
-    if config.input is not None:
-        source, target = Path(config.input).resolve(), out.resolve()
-        if target.is_relative_to(source):
-            raise SourceError(
-                f"--out {out} is inside --input {config.input}: the next build would read its "
-                "own output; write the dataset outside the input"
-            )
-        if source.is_relative_to(target):
-            raise SourceError(
-                f"--input {config.input} is inside --out {out}, which the build rewrites; "
-                "write the dataset elsewhere"
-            )
+    if isinstance(config.input, Path) and not _holds_images(config.input):
+        raise _no_images(config.input)
+    if isinstance(config.out, Path):
+        problem = output_problem(config.out, folder=True)
+        if problem is not None:
+            raise SourceError(f"--out {config.out}: {problem}")
+    if config.input is None:
+        return
+    if _inside(config.out, config.input):
+        raise SourceError(
+            f"--out {config.out} is inside --input {config.input}: the next build would read "
+            "its own output; write the dataset outside the input"
+        )
+    if _inside(config.input, config.out):
+        raise SourceError(
+            f"--input {config.input} is inside --out {config.out}, which the build rewrites; "
+            "write the dataset elsewhere"
+        )
+
+
+def _inside(inner: Path | S3Url, outer: Path | S3Url) -> bool:
+    """Whether `inner` is `outer` or below it: two local paths once resolved, two S3 locations
+    by bucket and key (a local path and an S3 one never are)."""
+    if isinstance(inner, Path) and isinstance(outer, Path):
+        return inner.resolve().is_relative_to(outer.resolve())
+    if isinstance(inner, S3Url) and isinstance(outer, S3Url):
+        return inner.bucket == outer.bucket and PurePosixPath(inner.key).is_relative_to(outer.key)
+    return False
 
 
 def _archive_kind(root: Path) -> type[zipfile.ZipFile] | type[tarfile.TarFile] | None:
@@ -195,9 +210,15 @@ def _holds_images(root: Path) -> bool:
         raise SourceError(f"cannot read --input {root}: {error}") from None
 
 
-def _archive_names(root: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Every file's path relative to the folder or archive (POSIX separators), and the entries
-    skipped with why (Listing.skipped)."""
+def _archive_names(root: Path | S3Url) -> tuple[list[str], list[dict[str, str]]]:
+    """Every file's path relative to the folder, archive or S3 prefix (POSIX separators), and
+    the entries skipped with why (Listing.skipped; none under an S3 prefix, which holds only
+    objects)."""
+    if isinstance(root, S3Url):
+        try:  # a key ending in "/" is a console's folder marker, not a file
+            return [name for name in S3Dataset(root).files([""]) if not name.endswith("/")], []
+        except OSError as error:  # no such bucket, access denied, S3 unreachable
+            raise SourceError(f"cannot list --input {root}: {error}") from None
     if not root.exists():
         raise SourceError(f"--input {root} does not exist")
     kind = _archive_kind(root)
@@ -248,17 +269,18 @@ def _member_kind(member: tarfile.TarInfo) -> str:
 
 
 def _unsafe_name(name: str) -> bool:
-    """An archive member named to leave the archive ('..' parts, an absolute path or a drive):
-    never read, whatever it holds."""
+    """An archive member or an S3 key named to leave the archive or the --input prefix ('..'
+    parts, an absolute path or a drive): never read, whatever it holds."""
     posix = name.replace("\\", "/")
     return posix.startswith("/") or ".." in PurePosixPath(posix).parts or posix[1:2] == ":"
 
 
-def read_input(root: Path, name: str, max_bytes: int) -> bytes:
-    """Raw bytes of one input (runs in pool workers; archives are opened once per process).
-    Rejected for a member named to leave the archive, a file over max_bytes or not a regular
-    file; OSError (or an archive's own error) when it cannot be read."""
-    if root.is_dir():
+def read_input(root: Path | S3Url, name: str, max_bytes: int) -> bytes:
+    """Raw bytes of one input (runs in the build's workers; archives are opened once per
+    process, S3 objects streamed with retries). Rejected for a member or key named to leave the
+    archive or prefix, a file over max_bytes or not a regular file; OSError (or an archive's
+    own error) when it cannot be read."""
+    if isinstance(root, Path) and root.is_dir():
         # O_NONBLOCK: a fifo named like an image must not hang the build (no effect on files).
         with os.fdopen(os.open(root / name, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             status = os.fstat(file.fileno())
@@ -266,7 +288,11 @@ def read_input(root: Path, name: str, max_bytes: int) -> bytes:
                 raise Rejected(Reason.read_error, "not a regular file")
             return _capped(file, status.st_size, max_bytes)
     if _unsafe_name(name):
-        raise Rejected(Reason.unsafe_path, "the member's name leaves the archive")
+        where = "--input's prefix" if isinstance(root, S3Url) else "the archive"
+        raise Rejected(Reason.unsafe_path, f"the name leaves {where}")
+    if isinstance(root, S3Url):
+        with open_object(root.join(name)) as stream:  # its size is declared before any byte
+            return _capped(stream, stream.raw.size, max_bytes)
     archive = _open_archive(root)
     if isinstance(archive, zipfile.ZipFile):
         with archive.open(name) as member:

@@ -33,7 +33,7 @@ class Reason(StrEnum):
     too_large = "too_large"  # more pixels than --max-pixels (by its header), or a bigger file
     duplicate = "duplicate"  # same decoded pixels as an earlier input
     read_error = "read_error"  # the file could not be read from the source
-    unsafe_path = "unsafe_path"  # an archive member named with '..' or an absolute path
+    unsafe_path = "unsafe_path"  # an archive member or S3 key named with '..' or an absolute path
     missing = "missing"  # celeba: listed in the landmark file (or image list), not in --input
     bad_landmarks = "bad_landmarks"  # celeba: the landmarks put the face outside the image
 

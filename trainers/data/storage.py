@@ -11,7 +11,7 @@ them is read. Credentials, region and endpoint come only from boto3's standard c
 variables such as AWS_ENDPOINT_URL_S3, ~/.aws, an instance role); nothing here logs, prints or
 stores them. Every request retries transient errors ("standard" mode: backoff with jitter,
 MAX_ATTEMPTS). boto3 is imported on first use: a local dataset never needs it.
-(The upload of a built dataset is the writer's: pipelines.dataset.upload.)
+(Writing a dataset is the build's: pipelines.dataset.writer.)
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ class LocalDataset:
     def open(self, name: str) -> BinaryIO:
         return open(self.root / name, "rb")
 
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        with self.open(name) as file:
+            file.seek(offset)
+            return file.read(length)
+
     def open_shard(self, shard: ShardEntry) -> BinaryIO:
         """A listed shard, unchecked: hashing costs 7% of the reader's images/s (64², parse +
         PNG decode), and a local dataset is checked by DVC and `ganforge data verify`."""
@@ -96,7 +101,8 @@ S3_SCHEME = "s3://"
 MAX_ATTEMPTS = 8  # per request, botocore's standard retry mode (backoff with jitter, max 20 s)
 READ_ATTEMPTS = 5  # per read of a streamed object that fails mid-way (then resumed by Range)
 READ_BUFFER = 1 << 20  # bytes per read from the socket; the tar parser reads 512-byte headers
-# connections one client keeps: an upload has 8 files of up to 4 parts in flight
+# connections one client keeps: a process's threads (a build's tasks, a loader's reads) each
+# have a request in flight, a multipart upload several parts
 MAX_POOL_CONNECTIONS = 32
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -186,14 +192,15 @@ def s3_request(action: str, url: S3Url) -> Iterator[None]:
 
 
 class ObjectStream(io.RawIOBase):
-    """One GET's body as a raw stream. A read that fails mid-way (connection reset, timeout,
-    short body) is resumed where it stopped, by a Range GET pinned to the object's ETag (so a
-    replaced object is an error, not a splice), up to READ_ATTEMPTS times with backoff. Given an
-    ETag, the first GET is pinned to it too."""
+    """One GET's body as a raw stream: the object, or its bytes [start, end). A read that fails
+    mid-way (connection reset, timeout, short body) is resumed where it stopped, by a Range GET
+    pinned to the object's ETag (so a replaced object is an error, not a splice), up to
+    READ_ATTEMPTS times with backoff. Given an ETag, the first GET is pinned to it too."""
 
-    def __init__(self, url: S3Url, etag: str | None = None):
+    def __init__(self, url: S3Url, etag: str | None = None, start: int = 0, end: int | None = None):
         self.url = url
-        self._position = 0
+        self._position = start
+        self._end = end
         self._etag = etag
         self._body = None
         self._get()
@@ -202,10 +209,13 @@ class ObjectStream(io.RawIOBase):
         arguments: dict[str, Any] = {"Bucket": self.url.bucket, "Key": self.url.key}
         if self._etag is not None:
             arguments["IfMatch"] = self._etag
-        if self._position:
-            arguments["Range"] = f"bytes={self._position}-"
+        if self._position or self._end is not None:
+            last = "" if self._end is None else self._end - 1  # HTTP ranges include the last
+            arguments["Range"] = f"bytes={self._position}-{last}"
         with s3_request("read", self.url):
             response = client().get_object(**arguments)
+        if self._body is None:  # the first GET: what the stream holds in all
+            self.size: int = response["ContentLength"]
         self._etag = response["ETag"]
         self._body = response["Body"]
 
@@ -220,6 +230,8 @@ class ObjectStream(io.RawIOBase):
         )
 
         transient = (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ConnectionError)
+        if self._end is not None and self._position >= self._end:
+            return 0  # the range is read: no resumed GET of an empty range
         for attempt in range(READ_ATTEMPTS):
             try:
                 data = self._body.read(len(buffer))
@@ -243,8 +255,18 @@ class ObjectStream(io.RawIOBase):
         super().close()
 
 
-def open_object(url: S3Url, etag: str | None = None) -> BinaryIO:
+def open_object(url: S3Url, etag: str | None = None) -> io.BufferedReader:
+    """The object, streamed; its size (as S3 declared it, before any byte is read) is
+    `.raw.size`."""
     return io.BufferedReader(ObjectStream(url, etag), buffer_size=READ_BUFFER)
+
+
+def read_bytes(location: Path | S3Url) -> bytes:
+    """The whole of one file: a local path or an S3 object (streamed, with resumed reads)."""
+    if isinstance(location, S3Url):
+        with open_object(location) as stream:
+            return stream.read()
+    return Path(location).read_bytes()
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_) -> BinaryIO:
@@ -269,7 +291,7 @@ def open_shard(url: S3Url, size: int, sha256: str) -> BinaryIO:
 
     Other writers can replace an object at any time, so: one HEAD gives the object's size,
     ETag and the SHA256 S3 computed when it was written (a single-PUT upload, as
-    pipelines.dataset.upload makes, has the whole object's), compared with the manifest's. An
+    pipelines.dataset.writer makes, has the whole object's), compared with the manifest's. An
     object S3 keeps no such checksum of (a multipart upload; a copy made by a tool that sends
     none) is hashed by a first read instead. Then the stream is pinned to that ETag: a
     replacement in between is an error, never other bytes."""
@@ -307,6 +329,11 @@ class S3Dataset:
 
     def open(self, name: str) -> BinaryIO:
         return open_object(self.root.join(name))
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """One GET of `length` bytes from `offset` (resumed like any read if it is cut)."""
+        with ObjectStream(self.root.join(name), start=offset, end=offset + length) as stream:
+            return stream.readall()
 
     def open_shard(self, shard: ShardEntry) -> BinaryIO:
         """A listed shard, refused (ShardMismatchError) unless it holds the manifest's bytes."""
