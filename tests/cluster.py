@@ -66,6 +66,25 @@ def parent_pid(pid: int) -> int:
     return int(_stat(pid)[1])
 
 
+def _parents() -> dict[int, int]:
+    """Every process on this machine -> its parent pid."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit():
+                parents[int(proc.name)] = parent_pid(int(proc.name))
+    return parents
+
+
+def with_descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
+    found = set(roots)
+    while True:  # add children until none is left out
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        if not children:
+            return found
+        found |= children
+
+
 def processes_titled(title: bytes, roots: set[int]) -> list[int]:
     """Pids, in order, of the processes whose command line holds `title` (Ray's titles, e.g.
     b"RayTrainWorker") and that run under one of `roots` (a `ganforge train` process, a
@@ -149,8 +168,12 @@ class LocalCluster:
         raise ValueError(f"raylet {pid} has no --node_id")
 
     def kill_raylet(self, pid: int) -> None:
-        """SIGKILL a node's raylet, as a lost host; its workers exit when they lose it."""
-        kill(pid)
+        """SIGKILL a node's raylet and every process under it (its workers, agents), as a lost
+        host. The workers are killed too rather than left to notice: they test their raylet
+        with kill(pid, 0), which a zombie passes, and where PID 1 does not reap orphans (as in
+        some containers) a killed raylet stays one."""
+        for each in with_descendants({pid}, _parents()):
+            kill(each)
 
     def raylet_of(self, pid: int) -> int | None:
         """The raylet (of ours) a worker process runs under: Ray forks workers from it."""
@@ -167,20 +190,7 @@ class LocalCluster:
         """SIGKILL this cluster's own processes: every one whose command line names its temp
         dir (GCS, raylets, monitors) and their descendants (agents, workers). `ray stop` would
         stop every Ray on the machine, another test session's too."""
-        marker = str(self.temp_dir).encode()
-        parents, ours = {}, set()
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit():
-                    parents[int(proc.name)] = parent_pid(int(proc.name))
-                    if marker in (proc / "cmdline").read_bytes():
-                        ours.add(int(proc.name))
-            except OSError:
-                continue
-        while True:  # add children until none is left out
-            children = {pid for pid, parent in parents.items() if parent in ours} - ours
-            if not children:
-                break
-            ours |= children
-        for pid in ours:
+        parents = _parents()
+        ours = {pid for pid in parents if self._marked(pid)}
+        for pid in with_descendants(ours, parents):
             kill(pid)

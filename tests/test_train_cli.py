@@ -380,7 +380,7 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     lost host; the run restarts from its latest checkpoint on the remaining node with one
     worker taking the whole global batch (logged), and finishes in the same MLflow run."""
     client, _ = mlflow_client
-    overrides = _long_overrides("total_kimg=1.28", "min_workers=1")
+    overrides = _long_overrides("total_kimg=4.8", "min_workers=1")
     log = tmp_path / "output.log"
     head = ray_cluster.raylets[0]
     # Right after the loss the cluster still lists the lost node's CPU for a moment, so Ray
@@ -392,12 +392,13 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
             raylets = {ray_cluster.raylet_of(pid) for pid in ours}
             assert len(raylets) == 2 and head in raylets  # one rank per node
             (lost,) = raylets - {head}
+            assert run.poll() is None, "the run ended before its node could be lost"
             ray_cluster.kill_raylet(lost)
             assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         ray_cluster.ensure_nodes(2)  # the next tests find two nodes again
     text = log.read_text()
-    assert "to kimg 1.280" in text
+    assert "to kimg 4.800" in text
     # rank 0's warning reaches the console once (its worker's output is not forwarded by the
     # log monitors of both raylets), and training goes on showing one final line
     assert_plain_console(text, trainings=1)
@@ -408,7 +409,7 @@ def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     run = run_by_name(client, "elastic")
     assert run.info.status == "FINISHED"
     steps = [step for step, _ in history(client, run, "kimg")]
-    assert steps == sorted(set(steps)) and steps[-1] == 1280
+    assert steps == sorted(set(steps)) and steps[-1] == 4800
     workers = [value for _, value in history(client, run, "workers")]
     assert workers[0] == 2 and workers[-1] == 1 and workers == sorted(workers, reverse=True)
     assert {value for _, value in history(client, run, "global_batch")} == {16}
