@@ -129,9 +129,9 @@ def test_a_local_path_that_nodes_do_not_see_is_named_before_any_work(cluster_env
 
 
 def test_a_lost_node_costs_only_its_in_flight_tasks(cluster_env, ray_cluster, tmp_path):
-    """SIGKILL the raylet of the node that is not the head's mid-build, as a lost host: the
-    chunks it was processing run again on the head node, no finished chunk is redone (its
-    spool files keep their inode), and the output is the local build's."""
+    """SIGKILL the raylet (and its workers) of the node that is not the head's mid-build, as a
+    lost host: the chunks it was processing run again on the head node, no finished chunk is
+    redone (its spool files keep their inode), and the output is the local build's."""
     options = {"num_images": 192, "max_resolution": 256, "shard_size": 64, "seed": 4}
     reference = tmp_path / "reference"
     build(reference, **options, workers=2)

@@ -376,9 +376,10 @@ def test_killed_worker_restarts_from_checkpoint_then_exhausted_failures_exit_1(
 def test_lost_node_resumes_on_the_remaining_one_with_the_same_global_batch(
     small_dataset, train_env, mlflow_client, ray_cluster, tmp_path
 ):
-    """Elastic sizing (min_workers=1): SIGKILL the raylet of the node that holds one rank, as a
-    lost host; the run restarts from its latest checkpoint on the remaining node with one
-    worker taking the whole global batch (logged), and finishes in the same MLflow run."""
+    """Elastic sizing (min_workers=1): SIGKILL the raylet (and its workers) of the node that
+    holds one rank, as a lost host; the run restarts from its latest checkpoint on the
+    remaining node with one worker taking the whole global batch (logged), and finishes in
+    the same MLflow run."""
     client, _ = mlflow_client
     overrides = _long_overrides("total_kimg=4.8", "min_workers=1")
     log = tmp_path / "output.log"
