@@ -43,14 +43,16 @@ def average_gradients(module: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
         return torch.tensor(True)
+    if world_size() == 1:  # per-tensor norms, no flat copy (WGAN-GP's D: 0.35 -> 0.07 ms);
+        # a norm is finite when its tensor is, short of |g| ~1e19 where the step is lost anyway
+        return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
     flat = torch.cat([g.reshape(-1) for g in grads])
-    if world_size() > 1:
-        flat.div_(world_size())
-        dist.all_reduce(flat)
-        offset = 0
-        for grad in grads:
-            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-            offset += grad.numel()
+    flat.div_(world_size())
+    dist.all_reduce(flat)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
     return torch.isfinite(flat).all()
 
 
