@@ -43,9 +43,9 @@ def average_gradients(module: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
         return torch.tensor(True)
-    if world_size() == 1:  # per-tensor norms, no flat copy (WGAN-GP's D: 0.35 -> 0.07 ms);
-        # a norm is finite when its tensor is, short of |g| ~1e19 where the step is lost anyway
-        return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+    if world_size() == 1:  # one fused norm, no flat copy (WGAN-GP's D: 0.35 -> 0.07 ms);
+        # finite when every gradient is, short of |g| ~1e19 where the step is lost anyway
+        return torch.isfinite(nn.utils.get_total_norm(grads))
     flat = torch.cat([g.reshape(-1) for g in grads])
     flat.div_(world_size())
     dist.all_reduce(flat)
