@@ -85,27 +85,22 @@ def with_descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
         found |= children
 
 
+def command_line(pid: int) -> bytes:
+    """/proc/<pid>/cmdline (Ray's process titles are in it); b"" for a process gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def processes_titled(title: bytes, roots: set[int]) -> list[int]:
     """Pids, in order, of the processes whose command line holds `title` (Ray's titles, e.g.
     b"RayTrainWorker") and that run under one of `roots` (a `ganforge train` process, a
     cluster's raylets): never another run's on the machine, nor the data-loader processes a
     titled process forked (they inherit its title)."""
-    parents, titled = {}, set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                parents[int(proc.name)] = parent_pid(int(proc.name))
-                if title in (proc / "cmdline").read_bytes():
-                    titled.add(int(proc.name))
-        except OSError:
-            continue
-
-    def under_roots(pid: int) -> bool:
-        while pid > 1 and pid not in roots:
-            pid = parents.get(pid, 1)
-        return pid in roots
-
-    return sorted(pid for pid in titled if parents[pid] not in titled and under_roots(pid))
+    parents = _parents()
+    titled = {pid for pid in with_descendants(roots, parents) if title in command_line(pid)}
+    return sorted(pid for pid in titled if parents[pid] not in titled)
 
 
 class LocalCluster:
@@ -132,10 +127,7 @@ class LocalCluster:
         return new
 
     def _marked(self, pid: int) -> bool:
-        try:
-            return str(self.temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
+        return str(self.temp_dir).encode() in command_line(pid)
 
     def start(self, nodes: int) -> LocalCluster:
         self._start(
@@ -162,7 +154,7 @@ class LocalCluster:
 
     def node_id(self, pid: int) -> str:
         """The Ray node id of a raylet of ours (hex, as Ray's runtime context gives it)."""
-        for argument in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+        for argument in command_line(pid).split(b"\0"):
             if argument.startswith(b"--node_id="):
                 return argument.removeprefix(b"--node_id=").decode()
         raise ValueError(f"raylet {pid} has no --node_id")
