@@ -315,8 +315,10 @@ def _fit(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # an actor on the driver's node, so that losing another node does not lose it, taking no
-    # CPU, since it runs beside training workers that hold every CPU
-    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    # CPU, since it runs beside training workers that hold every CPU; a hard affinity: a soft
+    # one was seen placed on another node (whose loss then cut every worker's log and warning)
+    driver = ray.get_runtime_context().get_node_id()
+    driver_node = NodeAffinitySchedulingStrategy(driver, soft=False)
     channel = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node})
     monitor.listen(channel)
     # the code's git state is where this file is, whatever the working directory
