@@ -219,3 +219,45 @@ def test_began_phases_through_a_loop_step(tmp_path):
     assert {"k_t", "m_global_batch", "G/loss"} <= metrics.keys()
     assert metrics["k_t"].item() != 0.5  # the controller moved
     assert all(parameter.grad is not None for parameter in trainer.state.G.parameters())
+
+
+def test_began_updates_both_networks_from_one_pass_as_the_reference():
+    """D's gradient is ∇[L(x) − k_t L(G(z))] and G's is ∇L(G(z)) at the same latents and at D
+    before its step, as the reference code's one graph gives them."""
+    torch.manual_seed(0)
+    generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
+    discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
+    loss = BEGANLoss(generator, discriminator, LatentPrior("uniform", 8), k_initial=0.3)
+    real = real_images(32)
+    latents = loss.latents(BATCH, step_state(32), real.device)  # the draw the D phase makes
+    fake = generator(latents, 32)
+    l_real = (real - discriminator(real, 32)).abs().mean()
+    l_fake = (fake - discriminator(fake, 32)).abs().mean()
+    d_params, g_params = list(discriminator.parameters()), list(generator.parameters())
+    expected_d = torch.autograd.grad(l_real - 0.3 * l_fake, d_params, retain_graph=True)
+    expected_g = torch.autograd.grad(l_fake, g_params)
+
+    state = step_state(32)
+    generator.requires_grad_(False)
+    found = loss.accumulate_gradients(Phase("D", "D"), real, state)
+    with torch.no_grad():
+        for parameter in d_params:  # D steps before the G phase: G must not see the new D
+            parameter.add_(1.0)
+    generator.requires_grad_(True)
+    discriminator.requires_grad_(False)
+    found_g = loss.accumulate_gradients(Phase("G", "G"), real, state)
+
+    assert torch.allclose(found["loss"], l_real - 0.3 * l_fake, atol=1e-6)
+    assert torch.allclose(found_g["loss"], l_fake, atol=1e-6)
+    for parameter, expected in zip(d_params, expected_d, strict=True):
+        assert torch.allclose(parameter.grad, expected, atol=1e-5)
+    for parameter, expected in zip(g_params, expected_g, strict=True):
+        assert torch.allclose(parameter.grad, expected, atol=1e-5)
+
+
+def test_began_g_phase_needs_the_d_phase_of_its_step():
+    generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
+    discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
+    loss = BEGANLoss(generator, discriminator, LatentPrior("uniform", 8))
+    with pytest.raises(RuntimeError, match="D phase"):
+        loss.accumulate_gradients(Phase("G", "G"), real_images(32), step_state(32))

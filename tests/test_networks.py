@@ -59,6 +59,27 @@ def test_began_shapes(resolution):
     assert discriminator(fake, resolution).shape == fake.shape
 
 
+def test_began_skip_connections_feed_h0_to_every_larger_scale():
+    """With the paper's skips, each scale past 8² takes h0 beside its input (twice the
+    channels), and the decoder's weights keep their names without them (checkpoints load)."""
+    torch.manual_seed(0)
+    plain = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
+    skips = BEGANGenerator(resolution=32, latent_dim=8, channels=4, skip_connections=True)
+    first_convs = [m for m in skips.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 8]
+    assert len(first_convs) == 2  # at 16² and 32²
+    assert plain.state_dict().keys() == skips.state_dict().keys()
+    latents = latents_for(skips)
+    assert skips(latents, 32).shape == (BATCH, 3, 32, 32)
+    seen = {}
+    skips.decoder.layers[1].register_forward_hook(lambda m, args, out: seen.update(h0=out))
+    first_convs[1].register_forward_pre_hook(lambda m, args: seen.update(at_32=args[0]))
+    skips(latents, 32)
+    upsampled = F.interpolate(seen["h0"], size=(32, 32), mode="nearest")
+    assert torch.equal(seen["at_32"][:, 4:], upsampled)
+    discriminator = BEGANDiscriminator(32, 8, 4, skip_connections=True)
+    assert discriminator(skips(latents, 32), 32).shape == (BATCH, 3, 32, 32)
+
+
 @pytest.mark.parametrize("resolution", [4, 8, 16, 32])
 def test_progan_shapes_at_every_resolution(resolution):
     generator, discriminator = small_progan()

@@ -57,8 +57,15 @@ class GanLoss(abc.ABC):
     def generate(self, n: int, state: StepState, device: torch.device) -> torch.Tensor:
         """n fake images [n, 3, R, R] at the step's resolution and fade-in, as float32 so losses
         mix them with real images and reduce in full precision."""
-        latents = state.rows(n, lambda m: self.prior.sample(m, state.generator, device))
-        with autocast(device, state.autocast_dtype):
+        return self.generate_from(self.latents(n, state, device), state)
+
+    def latents(self, n: int, state: StepState, device: torch.device) -> torch.Tensor:
+        """This rank's n latents of the step's draw from the prior."""
+        return state.rows(n, lambda m: self.prior.sample(m, state.generator, device))
+
+    def generate_from(self, latents: torch.Tensor, state: StepState) -> torch.Tensor:
+        """G's images for `latents`, as `generate`."""
+        with autocast(latents.device, state.autocast_dtype):
             images = self.G(latents, state.resolution, state.fade_alpha)
         return images.float()
 

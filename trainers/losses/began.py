@@ -28,6 +28,8 @@ class BEGANLoss(GanLoss):
         self.lambda_k = lambda_k
         # float64: k_t moves by ~1e-4 a step, which float32 rounding would distort near 1.
         self.k = torch.tensor(k_initial, dtype=torch.float64)
+        # between a step's D and G phases: its latents, dL(G(z))/dG(z) and L(G(z))
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _autoencoder_loss(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
         """L(v) = mean |v − D(v)|, the pixel-wise L1 reconstruction error. In float32 under
@@ -37,21 +39,36 @@ class BEGANLoss(GanLoss):
     def accumulate_gradients(
         self, phase: Phase, real: torch.Tensor, state: StepState
     ) -> dict[str, torch.Tensor]:
+        """Both networks learn from one pass over one batch of fakes, as the reference code
+        (one graph, both optimizers stepped): the D phase takes D's gradient and keeps
+        dL(G(z))/dG(z) at the pre-step D, and the G phase replays G(z) to carry that gradient
+        into G, instead of running D on fresh fakes again (BEGAN's quickstart step 1.3x as
+        fast)."""
         if phase.trains == "D":
+            latents = self.latents(len(real), state, real.device)
             with torch.no_grad():
-                fake = self.generate(len(real), state, real.device)
-            reconstruction_real = self._autoencoder_loss(real, state)
+                fake = self.generate_from(latents, state)
+            fake.requires_grad_(True)
             reconstruction_fake = self._autoencoder_loss(fake, state)
-            loss = reconstruction_real - self.k.item() * reconstruction_fake
-            loss.backward()
+            reconstruction_fake.backward()  # D's ∇L(G(z)), and ∇ at G(z) for the G phase
+            self._pending = (latents, fake.grad, reconstruction_fake.detach())
+            for parameter in self.D.parameters():
+                if parameter.grad is not None:
+                    parameter.grad.mul_(-self.k.item())  # the k_t-weighted term of D's loss
+            reconstruction_real = self._autoencoder_loss(real, state)
+            reconstruction_real.backward()
+            loss = reconstruction_real.detach() - self.k.item() * reconstruction_fake.detach()
             return {
-                "loss": loss.detach(),
+                "loss": loss,
                 "reconstruction_real": reconstruction_real.detach(),
                 "reconstruction_fake": reconstruction_fake.detach(),
             }
-        loss = self._autoencoder_loss(self.generate(len(real), state, real.device), state)
-        loss.backward()
-        return {"loss": loss.detach()}
+        if self._pending is None:
+            raise RuntimeError("BEGAN's G phase needs the D phase of the same step before it")
+        latents, fake_gradient, reconstruction_fake = self._pending
+        self._pending = None
+        self.generate_from(latents, state).backward(fake_gradient)
+        return {"loss": reconstruction_fake}  # L(G(z)) of these fakes, at the pre-step D
 
     def end_step(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # "D/": the name of the phase that measured them in began_phases().

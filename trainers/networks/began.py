@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from trainers.networks.layers import check_fixed_resolution, validate_resolution
 
@@ -23,24 +24,41 @@ def _conv_elu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.M
 
 
 class Decoder(nn.Module):
-    """latent [N, latent_dim] -> fc to 8×8×channels, then per scale two 3×3 conv + ELU with a
-    nearest-neighbour 2× upsampling between scales, and a 3×3 conv to RGB [N, 3, R, R]."""
+    """latent [N, latent_dim] -> fc to 8×8×channels (h0), then per scale two 3×3 conv + ELU with
+    a nearest-neighbour 2× upsampling between scales, and a 3×3 conv to RGB [N, 3, R, R].
 
-    def __init__(self, resolution: int, latent_dim: int, channels: int):
+    `skip_connections`: the paper's option (its section 3.4.1) of concatenating h0, upsampled
+    to each larger scale, to that scale's input, which it reports sharpens the images."""
+
+    skip_connections = False  # a class default: decoders pickled before the option load as before
+
+    def __init__(self, resolution: int, latent_dim: int, channels: int, skip_connections: bool):
         super().__init__()
+        self.skip_connections = skip_connections
         layers: list[nn.Module] = [
             nn.Linear(latent_dim, channels * BASE_RESOLUTION * BASE_RESOLUTION),
             nn.Unflatten(1, (channels, BASE_RESOLUTION, BASE_RESOLUTION)),
         ]
         for scale in range(_scales(resolution)):
+            width = channels
             if scale:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-            layers += _conv_elu(channels, channels) + _conv_elu(channels, channels)
+                width *= 2 if skip_connections else 1
+            layers += _conv_elu(width, channels) + _conv_elu(channels, channels)
         layers.append(nn.Conv2d(channels, 3, 3, padding=1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.layers(latents)
+        if not self.skip_connections:
+            return self.layers(latents)
+        x = latents
+        for layer in self.layers:
+            x = layer(x)
+            if isinstance(layer, nn.Unflatten):
+                h0 = x
+            elif isinstance(layer, nn.Upsample):
+                x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], 1)
+        return x
 
 
 class Encoder(nn.Module):
@@ -68,12 +86,18 @@ class Encoder(nn.Module):
 
 
 class BEGANGenerator(nn.Module):
-    def __init__(self, resolution: int = 64, latent_dim: int = 64, channels: int = 64):
+    def __init__(
+        self,
+        resolution: int = 64,
+        latent_dim: int = 64,
+        channels: int = 64,
+        skip_connections: bool = False,
+    ):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "BEGANGenerator")
         self.resolution = resolution
         self.latent_dim = latent_dim
-        self.decoder = Decoder(resolution, latent_dim, channels)
+        self.decoder = Decoder(resolution, latent_dim, channels, skip_connections)
 
     def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)
@@ -83,12 +107,18 @@ class BEGANGenerator(nn.Module):
 class BEGANDiscriminator(nn.Module):
     """Autoencoder: returns the reconstruction [N, 3, R, R] of its input."""
 
-    def __init__(self, resolution: int = 64, latent_dim: int = 64, channels: int = 64):
+    def __init__(
+        self,
+        resolution: int = 64,
+        latent_dim: int = 64,
+        channels: int = 64,
+        skip_connections: bool = False,
+    ):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "BEGANDiscriminator")
         self.resolution = resolution
         self.encoder = Encoder(resolution, latent_dim, channels)
-        self.decoder = Decoder(resolution, latent_dim, channels)
+        self.decoder = Decoder(resolution, latent_dim, channels, skip_connections)
 
     def forward(self, x: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)
