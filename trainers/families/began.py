@@ -33,7 +33,7 @@ class BeganConfig(FixedResolutionConfig):
     family: Literal["began"] = "began"
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
     channels: int = Field(default=64, ge=1)  # filters next to the image: the paper's n = 64
-    skip_connections: bool = False  # the paper's optional h0 skips in both decoders (3.4.1)
+    skip_connections: bool = False  # the paper's optional h0 skips in both decoders
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
     lambda_k: float = Field(default=0.001, gt=0)  # λ_k: k_t's proportional gain
     k_initial: float = Field(default=0.0, ge=0, le=1)  # k_0 = 0 in the paper

@@ -27,7 +27,7 @@ class Decoder(nn.Module):
     """latent [N, latent_dim] -> fc to 8×8×channels (h0), then per scale two 3×3 conv + ELU with
     a nearest-neighbour 2× upsampling between scales, and a 3×3 conv to RGB [N, 3, R, R].
 
-    `skip_connections`: the paper's option (its section 3.4.1) of concatenating h0, upsampled
+    `skip_connections`: the paper's optional skip connections, concatenating h0, upsampled
     to each larger scale, to that scale's input, which it reports sharpens the images."""
 
     skip_connections = False  # a class default: decoders pickled before the option load as before
