@@ -80,6 +80,22 @@ def test_began_skip_connections_feed_h0_to_every_larger_scale():
     assert discriminator(skips(latents, 32), 32).shape == (BATCH, 3, 32, 32)
 
 
+def test_began_reference_initialization_is_glorot_uniform_with_zero_biases():
+    torch.manual_seed(0)
+    layers = [
+        m
+        for m in BEGANDiscriminator(32, 8, 16, initialization="xavier").modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        bound = (6 / (fan_in + fan_out * layer.weight[0, 0].numel())) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert not layer.bias.any()
+    untouched = BEGANGenerator(32, 8, 16, initialization="pytorch").decoder.layers[2]
+    assert untouched.bias.any()  # PyTorch's default biases are not zero
+
+
 @pytest.mark.parametrize("resolution", [4, 8, 16, 32])
 def test_progan_shapes_at_every_resolution(resolution):
     generator, discriminator = small_progan()

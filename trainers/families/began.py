@@ -34,6 +34,8 @@ class BeganConfig(FixedResolutionConfig):
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
     channels: int = Field(default=64, ge=1)  # filters next to the image: the paper's n = 64
     skip_connections: bool = False  # the paper's optional h0 skips in both decoders
+    # the reference code's TF-slim layers: Glorot-uniform weights, zero biases
+    initialization: Literal["xavier", "pytorch"] = "xavier"
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
     lambda_k: float = Field(default=0.001, gt=0)  # λ_k: k_t's proportional gain
     k_initial: float = Field(default=0.0, ge=0, le=1)  # k_0 = 0 in the paper
@@ -56,13 +58,17 @@ class Began(Family):
         from trainers.networks.began import BEGANGenerator
 
         c = self.config
-        return BEGANGenerator(c.resolution, c.latent_dim, c.channels, c.skip_connections)
+        return BEGANGenerator(
+            c.resolution, c.latent_dim, c.channels, c.skip_connections, c.initialization
+        )
 
     def build_discriminator(self):
         from trainers.networks.began import BEGANDiscriminator
 
         c = self.config
-        return BEGANDiscriminator(c.resolution, c.latent_dim, c.channels, c.skip_connections)
+        return BEGANDiscriminator(
+            c.resolution, c.latent_dim, c.channels, c.skip_connections, c.initialization
+        )
 
     def build_loss(self, generator, discriminator):
         from trainers.losses.began import BEGANLoss

@@ -19,6 +19,17 @@ def _scales(resolution: int) -> int:
     return resolution.bit_length() - BASE_RESOLUTION.bit_length() + 1
 
 
+def _initialize(module: nn.Module, initialization: str) -> None:
+    """ "xavier": Glorot-uniform weights and zero biases in every conv and linear layer, as the
+    reference code's TF-slim layers; "pytorch": PyTorch's defaults, left as they are."""
+    if initialization == "pytorch":
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
 def _conv_elu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.ELU()]
 
@@ -92,12 +103,14 @@ class BEGANGenerator(nn.Module):
         latent_dim: int = 64,
         channels: int = 64,
         skip_connections: bool = False,
+        initialization: str = "xavier",
     ):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "BEGANGenerator")
         self.resolution = resolution
         self.latent_dim = latent_dim
         self.decoder = Decoder(resolution, latent_dim, channels, skip_connections)
+        _initialize(self, initialization)
 
     def forward(self, z: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)
@@ -113,12 +126,14 @@ class BEGANDiscriminator(nn.Module):
         latent_dim: int = 64,
         channels: int = 64,
         skip_connections: bool = False,
+        initialization: str = "xavier",
     ):
         super().__init__()
         validate_resolution(resolution, MIN_RESOLUTION, MAX_RESOLUTION, "BEGANDiscriminator")
         self.resolution = resolution
         self.encoder = Encoder(resolution, latent_dim, channels)
         self.decoder = Decoder(resolution, latent_dim, channels, skip_connections)
+        _initialize(self, initialization)
 
     def forward(self, x: torch.Tensor, resolution: int, fade_alpha: float = 1.0) -> torch.Tensor:
         check_fixed_resolution(self.resolution, resolution)
