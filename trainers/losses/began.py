@@ -42,7 +42,7 @@ class BEGANLoss(GanLoss):
         """Both networks learn from one pass over one batch of fakes, as the reference code
         (one graph, both optimizers stepped): the D phase takes D's gradient and keeps
         dL(G(z))/dG(z) at the pre-step D, and the G phase replays G(z) to carry that gradient
-        into G, instead of running D on fresh fakes again (BEGAN's quickstart step 1.3x as
+        into G, instead of running D on fresh fakes again (BEGAN's quickstart step 1.2x as
         fast)."""
         if phase.trains == "D":
             latents = self.latents(len(real), state, real.device)

@@ -20,8 +20,10 @@ def _scales(resolution: int) -> int:
 
 
 def _initialize(module: nn.Module, initialization: str) -> None:
-    """ "xavier": Glorot-uniform weights and zero biases in every conv and linear layer, as the
-    reference code's TF-slim layers; "pytorch": PyTorch's defaults, left as they are."""
+    """Glorot-uniform weights and zero biases in every conv and linear layer for "xavier" (the
+    reference code's TF-slim layers); PyTorch's defaults, left as they are, for "pytorch"."""
+    if initialization not in ("xavier", "pytorch"):
+        raise ValueError(f"initialization must be 'xavier' or 'pytorch', got {initialization!r}")
     if initialization == "pytorch":
         return
     for layer in module.modules():
