@@ -94,6 +94,8 @@ def test_began_reference_initialization_is_glorot_uniform_with_zero_biases():
         assert not layer.bias.any()
     untouched = BEGANGenerator(32, 8, 16, initialization="pytorch").decoder.layers[2]
     assert untouched.bias.any()  # PyTorch's default biases are not zero
+    with pytest.raises(ValueError, match="initialization"):
+        BEGANGenerator(32, 8, 16, initialization="glorot")
 
 
 @pytest.mark.parametrize("resolution", [4, 8, 16, 32])
