@@ -45,6 +45,7 @@ class BEGANLoss(GanLoss):
         into G, instead of running D on fresh fakes again (BEGAN's quickstart step 1.2x as
         fast)."""
         if phase.trains == "D":
+            k = self.k.item()
             latents = self.latents(len(real), state, real.device)
             with torch.no_grad():
                 fake = self.generate_from(latents, state)
@@ -54,10 +55,10 @@ class BEGANLoss(GanLoss):
             self._pending = (latents, fake.grad, reconstruction_fake.detach())
             for parameter in self.D.parameters():
                 if parameter.grad is not None:
-                    parameter.grad.mul_(-self.k.item())  # the k_t-weighted term of D's loss
+                    parameter.grad.mul_(-k)  # the k_t-weighted term of D's loss
             reconstruction_real = self._autoencoder_loss(real, state)
             reconstruction_real.backward()
-            loss = reconstruction_real.detach() - self.k.item() * reconstruction_fake.detach()
+            loss = reconstruction_real.detach() - k * reconstruction_fake.detach()
             return {
                 "loss": loss,
                 "reconstruction_real": reconstruction_real.detach(),

@@ -53,10 +53,9 @@ class Decoder(nn.Module):
             nn.Unflatten(1, (channels, BASE_RESOLUTION, BASE_RESOLUTION)),
         ]
         for scale in range(_scales(resolution)):
-            width = channels
             if scale:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                width *= 2 if skip_connections else 1
+            width = 2 * channels if skip_connections and scale else channels  # h0 beside it
             layers += _conv_elu(width, channels) + _conv_elu(channels, channels)
         layers.append(nn.Conv2d(channels, 3, 3, padding=1))
         self.layers = nn.Sequential(*layers)
