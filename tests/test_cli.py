@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,27 +71,84 @@ def test_the_temporary_prefect_server_is_the_one_prefect_starts():
     assert TEMPORARY_SERVER_ENVIRONMENT.items() <= started["env"].items()
 
 
-def test_without_prefect_api_url_the_flow_runs_on_a_temporary_server_that_stops(tmp_path):
-    """No Prefect server configured: the build's flow run is recorded in PREFECT_HOME's
-    database (here a new one, which its first start migrates) and the server is gone after."""
-    home = tmp_path / "prefect-home"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"PREFECT_HOME": str(home)}
-    args = ["--num-images", "4", "--max-resolution", "8", "--out", str(tmp_path / "out")]
-    result = ganforge("data", "build", *args, env=env)
-    assert result.returncode == 0, result.stderr
-    assert "the first began" in result.stdout
+def _processes_with_home(home: Path) -> list[int]:
+    """Pids of the processes whose environment names PREFECT_HOME=home."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"PREFECT_HOME={home}\0".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def _flow_runs(home: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(home / "prefect.db") as database:
-        runs = database.execute(
+        return database.execute(
             "SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow "
             "ON flow_run.flow_id = flow.id"
         ).fetchall()
-    assert runs == [("build-dataset", "COMPLETED")]
-    left = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if f"PREFECT_HOME={home}".encode() in environ.read_bytes():
-                left.append(environ.parent.name)
-        except OSError:  # gone, or not ours to read
-            continue
+
+
+def _local_build(tmp_path: Path, home: Path, out: str, keep: str, **extra: str):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(home), "GANFORGE_PREFECT_SERVER_KEEP_SECONDS": keep} | extra
+    args = ["--num-images", "4", "--max-resolution", "8", "--out", str(tmp_path / out)]
+    result = ganforge("data", "build", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "the first began" in result.stdout
+    return result
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or "Z" in _process_state(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def test_without_prefect_api_url_the_flow_runs_on_a_temporary_server_that_stops(tmp_path):
+    """No Prefect server configured and none kept (keep 0 s): the build's flow run is recorded
+    in PREFECT_HOME's database (here a new one, which its first start migrates) and the server
+    is gone after."""
+    home = tmp_path / "prefect-home"
+    _local_build(tmp_path, home, "out", keep="0")
+    assert _flow_runs(home) == [("build-dataset", "COMPLETED")]
+    left = _processes_with_home(home)
     assert not left, f"processes of the build still running: {left}"
+
+
+def test_a_kept_local_server_serves_the_next_build_and_stops_when_idle(tmp_path):
+    """The default: the local server outlives the build; the next build with the same settings
+    reports to it; a build with other Prefect settings starts its own, which replaces it (the
+    first stops at once, no command using it), and that one stops after its idle seconds."""
+    from pipelines import prefect_server
+
+    home = tmp_path / "prefect-home"
+    said = _local_build(tmp_path, home, "one", keep="60").stdout
+    first = prefect_server.read_state(home)
+    assert first is not None and not _gone(first["pid"], within_s=0)
+    assert f"Prefect: local server {first['url']} (pid {first['pid']}) kept" in said
+    said = _local_build(tmp_path, home, "two", keep="60").stdout
+    assert f"Prefect: reused local server {first['url']}" in said
+    assert prefect_server.read_state(home) == first  # the same server, reused
+    assert _flow_runs(home) == [("build-dataset", "COMPLETED")] * 2
+
+    other = {"PREFECT_SERVER_API_KEEPALIVE_TIMEOUT": "6"}
+    said = _local_build(tmp_path, home, "three", keep="1", **other).stdout
+    second = int(re.search(r"Prefect: local server \S+ \(pid (\d+)\) kept", said)[1])
+    assert second != first["pid"]
+    assert _gone(first["pid"], within_s=30), "the replaced server kept running"
+    assert _gone(second, within_s=30), "the idle server kept running"
+    assert prefect_server.read_state(home) is None
+    assert len(_flow_runs(home)) == 3
