@@ -195,6 +195,7 @@ class PrefectApi:
             port = self._free_port()
             # Leased before it starts, so it cannot find itself idle before this command ends.
             self._lease = kept.Lease.take(kept.lease_path(home, port))
+            assert self._lease is not None  # a new port's lease: nothing else holds it
             self._log_path = home / kept.LOG_NAME
             with self._log_path.open("wb") as log:
                 self._server = self._start(port, log, kept=True)
