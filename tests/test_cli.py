@@ -152,3 +152,23 @@ def test_a_kept_local_server_serves_the_next_build_and_stops_when_idle(tmp_path)
     assert _gone(second, within_s=30), "the idle server kept running"
     assert prefect_server.read_state(home) is None
     assert len(_flow_runs(home)) == 3
+
+
+@pytest.mark.parametrize("keep", ["0", "60"])
+def test_a_local_server_that_cannot_start_fails_the_build_with_its_error(tmp_path, keep):
+    """A local Prefect server that exits before it answers (here: its database cannot be
+    opened) ends the build with exit 1 and the server's own error, before any output exists."""
+    home, out = tmp_path / "prefect-home", tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "GANFORGE_PREFECT_SERVER_KEEP_SECONDS": keep,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/none/x.db",
+    }
+    args = ["--num-images", "4", "--max-resolution", "8", "--out", str(out)]
+    result = ganforge("data", "build", *args, env=env)
+    assert result.returncode == 1
+    assert "error: the local Prefect server exited before it answered" in result.stderr
+    assert "unable to open database file" in result.stderr
+    assert not out.exists()
+    assert not _processes_with_home(home)

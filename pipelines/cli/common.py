@@ -115,6 +115,9 @@ def temporary_server_command(port: int) -> list[str]:
             "--port", str(port), "--log-level", "error", "--lifespan", "on"]  # fmt: skip
 
 
+OUTPUT_LINES = 12  # of a local server that failed to start: its error and what led to it
+
+
 class PrefectApiUnavailable(Exception):
     """The local Prefect server did not start."""
 
@@ -231,11 +234,15 @@ class PrefectApi:
         )
 
     def _output(self) -> str:
+        """The server's last lines (where its error is), and where the rest is when kept."""
         if self._log_path is not None:
-            return self._log_path.read_bytes().decode(errors="replace")[-3000:]
-        assert self._log is not None
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-3000:]
+            text, whole = self._log_path.read_bytes(), f"\n(all of it: {self._log_path})"
+        else:
+            assert self._log is not None
+            self._log.seek(0)
+            text, whole = self._log.read(), ""
+        lines = text.decode(errors="replace").rstrip().splitlines()
+        return "\n".join(lines[-OUTPUT_LINES:]) + whole
 
     def __exit__(self, *exc) -> None:
         if self._lease is None and self._server is None:
