@@ -65,8 +65,12 @@ def reproduce(stage: str | None, log_path: Path) -> None:
     """`dvc repro [STAGE]`: builds what changed (of the stage and what it depends on), skips the
     rest; its output goes to `log_path`. Stage commands call `ganforge`, so this interpreter's
     bin folder leads PATH."""
+    from pipelines.prefect_server import KEEP_ENV
+
     bin_dir = str(Path(sys.executable).parent)
     environment = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # one build in a long run: a local Prefect server kept after it would serve no next build
+    environment.setdefault(KEEP_ENV, "0")
     command = [str(Path(bin_dir) / "dvc"), "repro", *([stage] if stage else [])]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log:
