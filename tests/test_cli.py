@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -101,48 +102,61 @@ def _local_build(tmp_path: Path, home: Path, out: str, keep: str, **extra: str):
     return result
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _gone(pid: int, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or "Z" in _process_state(pid):
-            return True
+    while _running(pid):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.2)
-    return False
+    return True
 
 
-def _process_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
+@pytest.fixture(scope="module")
+def migrated_home(tmp_path_factory) -> Path:
+    """PREFECT_HOME of one build on a temporary local server (keep 0 s): its database, new, was
+    migrated by that server's start (seconds), which later tests copy instead of repeating."""
+    root = tmp_path_factory.mktemp("temporary-server")
+    home = root / "prefect-home"
+    _local_build(root, home, "out", keep="0")
+    return home
 
 
-def test_without_prefect_api_url_the_flow_runs_on_a_temporary_server_that_stops(tmp_path):
+def test_without_prefect_api_url_the_flow_runs_on_a_temporary_server_that_stops(migrated_home):
     """No Prefect server configured and none kept (keep 0 s): the build's flow run is recorded
-    in PREFECT_HOME's database (here a new one, which its first start migrates) and the server
-    is gone after."""
-    home = tmp_path / "prefect-home"
-    _local_build(tmp_path, home, "out", keep="0")
-    assert _flow_runs(home) == [("build-dataset", "COMPLETED")]
-    left = _processes_with_home(home)
+    in PREFECT_HOME's database (a new one, which its first start migrated) and the server is
+    gone after."""
+    assert _flow_runs(migrated_home) == [("build-dataset", "COMPLETED")]
+    left = _processes_with_home(migrated_home)
     assert not left, f"processes of the build still running: {left}"
 
 
-def test_a_kept_local_server_serves_the_next_build_and_stops_when_idle(tmp_path):
+def test_a_kept_local_server_serves_the_next_build_and_stops_when_idle(tmp_path, migrated_home):
     """The default: the local server outlives the build; the next build with the same settings
     reports to it; a build with other Prefect settings starts its own, which replaces it (the
     first stops at once, no command using it), and that one stops after its idle seconds."""
     from pipelines import prefect_server
 
     home = tmp_path / "prefect-home"
+    home.mkdir()
+    for database in migrated_home.glob("prefect.db*"):
+        shutil.copy(database, home)
     said = _local_build(tmp_path, home, "one", keep="60").stdout
     first = prefect_server.read_state(home)
-    assert first is not None and not _gone(first["pid"], within_s=0)
+    assert first is not None and _running(first["pid"])
     assert f"Prefect: local server {first['url']} (pid {first['pid']}) kept" in said
     said = _local_build(tmp_path, home, "two", keep="60").stdout
     assert f"Prefect: reused local server {first['url']}" in said
     assert prefect_server.read_state(home) == first  # the same server, reused
-    assert _flow_runs(home) == [("build-dataset", "COMPLETED")] * 2
+    assert _flow_runs(home) == [("build-dataset", "COMPLETED")] * 3  # the copied one's too
 
     other = {"PREFECT_SERVER_API_KEEPALIVE_TIMEOUT": "6"}
     said = _local_build(tmp_path, home, "three", keep="1", **other).stdout
@@ -151,7 +165,7 @@ def test_a_kept_local_server_serves_the_next_build_and_stops_when_idle(tmp_path)
     assert _gone(first["pid"], within_s=30), "the replaced server kept running"
     assert _gone(second, within_s=30), "the idle server kept running"
     assert prefect_server.read_state(home) is None
-    assert len(_flow_runs(home)) == 3
+    assert len(_flow_runs(home)) == 4
 
 
 @pytest.mark.parametrize("keep", ["0", "60"])
