@@ -3,7 +3,7 @@ set: Prefect's own temporary server (the same uvicorn app and settings) that out
 for GANFORGE_PREFECT_SERVER_KEEP_SECONDS idle seconds, so the next command skips its 2-3 s start.
 
 Files in PREFECT_HOME, beside the database the server runs on:
-  ganforge-server.json       the kept server: pid, url, lease file and the settings it runs with
+  ganforge-server.json       the kept server: pid, port, url and the settings it runs with
   ganforge-server.lock       held while a command looks for or starts a server (a few ms)
   ganforge-server-PORT.lease every command using the server holds it shared (flock) until it
                              exits; the server stops only when it can take it exclusively and
@@ -45,7 +45,7 @@ def keep_seconds() -> float:
         seconds = float(value) if value else DEFAULT_KEEP_SECONDS
     except ValueError:
         raise ValueError(f"{KEEP_ENV}={value!r}: expected a number of seconds") from None
-    if seconds < 0:
+    if not seconds >= 0:  # negative, or nan
         raise ValueError(f"{KEEP_ENV}={value!r}: expected 0 or more seconds")
     return seconds
 
