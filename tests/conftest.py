@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # a command without PREFECT_API_URL stops its local Prefect server when it ends, so no test
-# leaves one behind; test_cli's kept-server test sets the default's keeping itself
+# leaves one behind; test_cli's kept-server test sets its own keeping
 os.environ["GANFORGE_PREFECT_SERVER_KEEP_SECONDS"] = "0"
 # no test downloads the 95 MB Inception weights: FID is skipped (with its warning) unless a
 # test supplies a weights file

@@ -123,7 +123,7 @@ def data_build(
     S3, or a shared filesystem mounted at the same path. The flow reports to the Prefect server
     in PREFECT_API_URL, else to a local one that is kept for the next build for
     GANFORGE_PREFECT_SERVER_KEEP_SECONDS idle seconds (600 by default; 0: stopped with the
-    command), so a build after another starts its work in about 1.5 s instead of 4.
+    command), so a build after another starts its work in about 2 s instead of 4 to 6.
     """
     from pipelines.dataset.sources import SourceError, check_paths
     from pipelines.dataset.writer import check_bucket
