@@ -129,7 +129,7 @@ class PrefectApi:
     here, before this process imports Prefect, so its 2-3 s of start overlap the command's
     imports and its workers' start. That server is kept for the next command for
     GANFORGE_PREFECT_SERVER_KEEP_SECONDS idle seconds (pipelines.prefect_server: 600 by
-    default, 0 stops it with the command); a command reusing it starts its flow ~2.5 s sooner.
+    default, 0 stops it with the command); a command reusing it starts its flow ~3 s sooner.
 
     Use: `with PrefectApi() as api:`, start other things, `api.wait()`, run flows."""
 
