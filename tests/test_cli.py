@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import running
 from tests.conftest import ganforge
 
 
@@ -102,18 +103,9 @@ def _local_build(tmp_path: Path, home: Path, out: str, keep: str, **extra: str):
     return result
 
 
-def _running(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _gone(pid: int, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
-    while _running(pid):
+    while running(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
@@ -151,7 +143,7 @@ def test_a_kept_local_server_serves_the_next_build_and_stops_when_idle(tmp_path,
         shutil.copy(database, home)
     said = _local_build(tmp_path, home, "one", keep="60").stdout
     first = prefect_server.read_state(home)
-    assert first is not None and _running(first["pid"])
+    assert first is not None and running(first["pid"])
     assert f"Prefect: local server {first['url']} (pid {first['pid']}) kept" in said
     said = _local_build(tmp_path, home, "two", keep="60").stdout
     assert f"Prefect: reused local server {first['url']}" in said
