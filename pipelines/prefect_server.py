@@ -90,16 +90,6 @@ def write_state(home: Path, state: dict) -> None:
     partial.replace(home / STATE_NAME)  # atomic: a reader sees the old state or the new
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: not ours to reuse
-        return False
-    return True
-
-
 def lease_path(home: Path, port: int) -> Path:
     return home / f"ganforge-server-{port}.lease"
 
