@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Row, figure
+from pipelines.prefect_server import KEEP_ENV as KEEP
 
 RESOLUTION = 256
 FIXED_COST_BUDGET_S = 3.0  # issue 20: command start to the first image processed
-KEEP = "GANFORGE_PREFECT_SERVER_KEEP_SECONDS"
 FIRST_TASK = re.compile(r"the first began ([\d.]+) s after the command started")
 
 # The baseline: what a user writes to do the image work of such a build and nothing else —
@@ -65,14 +65,13 @@ def run(counts: list[int], repeats: int, work_root: Path) -> tuple[dict, list[Ro
 
 def _run(counts: list[int], repeats: int, work_root: Path, api: str) -> tuple[dict, list[Row]]:
     from benchmarks.inputs import make_jpeg_folder
+    from pipelines.prefect_server import prefect_home
+    from pipelines.prefect_server import stop as stop_kept_server
 
     folder = work_root / "command-inputs"
     started = time.perf_counter()
     make_jpeg_folder(folder, max(counts), workers=os.cpu_count() or 1)
     generation_s = time.perf_counter() - started
-    from pipelines.prefect_server import prefect_home
-    from pipelines.prefect_server import stop as stop_kept_server
-
     local = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", KEEP)}
     modes = {
         "temporary_server": local | {KEEP: "0"},
