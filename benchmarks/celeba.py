@@ -52,6 +52,45 @@ def baseline_crop(items: Sequence[tuple[Path, object]], compress_level: int) -> 
     return time.perf_counter() - started
 
 
+def cpu_per_image(items: Sequence[tuple[Path, object]], compress_level: int) -> dict:
+    """Where a worker's CPU goes per crop, in ms of process time (so another job's load does
+    not count): the build's steps as pipelines.dataset.process runs them on each scene (it
+    reads and decodes a scene twice: once to score it, once to crop it), and the plain loop's
+    whole work on the same scenes."""
+    from pipelines.dataset import celeba
+    from pipelines.dataset.pyramid import box_pyramid, encode_png, square_master
+    from pipelines.dataset.validate import decode, pixel_digest
+
+    spent = dict.fromkeys(("read_decode", "score", "crop", "pyramid", "png", "digest"), 0.0)
+
+    def timed(step: str, work, *args):
+        started = time.process_time()
+        result = work(*args)
+        spent[step] += time.process_time() - started
+        return result
+
+    def read_decode(path: Path):
+        return decode(path.read_bytes(), 1, 1 << 40, draft=False).image
+
+    for path, landmarks in items:
+        timed("score", celeba.quality_score, timed("read_decode", read_decode, path), landmarks)
+        image = timed("read_decode", read_decode, path)
+        crop = timed("crop", celeba.oriented_crop, image, landmarks, CROP_RESOLUTION)
+        timed("digest", pixel_digest, crop)
+        levels = timed("pyramid", lambda c: box_pyramid(square_master(c, CROP_RESOLUTION)), crop)
+        for pixels in levels.values():
+            timed("png", encode_png, pixels, compress_level)
+    started = time.process_time()
+    baseline_crop(items, compress_level)
+    plain = time.process_time() - started
+    per_image = {step: 1e3 * seconds / len(items) for step, seconds in spent.items()}
+    return {
+        "build_ms": per_image,
+        "build_total_ms": sum(per_image.values()),
+        "plain_loop_ms": 1e3 * plain / len(items),
+    }
+
+
 def throughput_case(
     num_images: int, workers_list: Sequence[int], repeats: int, work_root: Path
 ) -> tuple[dict, list[Row]]:
@@ -97,6 +136,15 @@ def throughput_case(
             f"{capacity:.2f}x",
         )
     )
+    cpu = cpu_per_image(items[: min(len(items), 16)], level)
+    payload["cpu_per_image"] = cpu
+    steps = ", ".join(f"{step} {ms:.0f}" for step, ms in cpu["build_ms"].items())
+    rows.append(
+        Row.info(
+            "  CPU per crop in a worker vs the plain loop",
+            f"{cpu['build_total_ms']:.0f} ms ({steps}) vs {cpu['plain_loop_ms']:.0f} ms",
+        )
+    )
     for build in payload["builds"]:
         build["crops_per_s_per_worker"] = build["images_per_s_wall"] / build["workers"]
         # where a worker's time goes: in tasks, or waiting (the flow's start and end, the
@@ -125,6 +173,17 @@ def throughput_case(
             Row.info(
                 f"  flow and Prefect API, {build['workers']} worker(s)",
                 f"{build['flow_and_api_cpu_share']:.0%} of the CPU",
+            )
+        )
+        # What these workers would give were they busy all the flow's time, after what the
+        # machine gives them and the crop's own extra work: the rest is the flow's start and
+        # scheduling.
+        cores = capacity if build["workers"] == max(workers_list) else build["workers"]
+        build["vs_baseline_bound"] = cores * cpu["plain_loop_ms"] / cpu["build_total_ms"]
+        rows.append(
+            Row.info(
+                f"  most {build['workers']} worker(s) could give (all busy, machine, CPU per crop)",
+                f"{build['vs_baseline_bound']:.2f}x",
             )
         )
     params = {
