@@ -49,6 +49,7 @@ DRY = {
     "began": (
         "began.yaml",
         ["total_kimg=0.032", "model.resolution=32", "model.channels=4", "model.latent_dim=8",
+         "model.generator_channels=4",
          "batch_per_resolution={32: 16}"],
     ),
     "progan": (

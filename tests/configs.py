@@ -16,7 +16,7 @@ PRESETS = Path(__file__).resolve().parent.parent / "configs" / "train"
 
 TINY_MODELS = {
     "wgan_gp": {"channels": 4, "n_critic": 2},
-    "began": {"channels": 8, "latent_dim": 8},
+    "began": {"channels": 8, "generator_channels": None, "latent_dim": 8},  # None: G as wide as D
     "progan": {
         "resolution": 16,
         "start_resolution": 4,

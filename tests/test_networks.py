@@ -333,3 +333,22 @@ def test_update_ema_interpolates_parameters_and_copies_buffers():
         assert torch.allclose(ema_parameter, 0.9 * old_parameter + 0.1 * parameter, atol=1e-6)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         assert torch.equal(ema_buffer, buffer)
+
+
+def test_began_generator_channels_widen_g_alone():
+    """model.generator_channels gives G its own n; D's encoder and decoder keep `channels`."""
+    from trainers.families.began import Began, BeganConfig
+
+    family = Began(BeganConfig(resolution=32, latent_dim=8, channels=4, generator_channels=6))
+    generator, discriminator = family.build_generator(), family.build_discriminator()
+    assert {m.out_channels for m in generator.modules() if isinstance(m, nn.Conv2d)} == {6, 3}
+    assert {
+        m.out_channels for m in discriminator.decoder.modules() if isinstance(m, nn.Conv2d)
+    } == {
+        4,
+        3,
+    }
+    fake = generator(latents_for(generator), 32)
+    assert discriminator(fake, 32).shape == fake.shape == (BATCH, 3, 32, 32)
+    same = Began(BeganConfig(resolution=32, latent_dim=8, channels=4)).build_generator()
+    assert {m.out_channels for m in same.modules() if isinstance(m, nn.Conv2d)} == {4, 3}

@@ -33,6 +33,8 @@ class BeganConfig(FixedResolutionConfig):
     family: Literal["began"] = "began"
     latent_dim: int = Field(default=64, ge=1)  # N_z = h = 64 in the paper
     channels: int = Field(default=64, ge=1)  # filters next to the image: the paper's n = 64
+    # G's n where it differs from D's (the paper: one n for G and both halves of D)
+    generator_channels: int | None = Field(default=None, ge=1)
     skip_connections: bool = False  # the paper's optional h0 skips in both decoders
     # the reference code's TF-slim layers: Glorot-uniform weights, zero biases
     initialization: Literal["xavier", "pytorch"] = "xavier"
@@ -58,8 +60,9 @@ class Began(Family):
         from trainers.networks.began import BEGANGenerator
 
         c = self.config
+        channels = c.generator_channels or c.channels
         return BEGANGenerator(
-            c.resolution, c.latent_dim, c.channels, c.skip_connections, c.initialization
+            c.resolution, c.latent_dim, channels, c.skip_connections, c.initialization
         )
 
     def build_discriminator(self):
