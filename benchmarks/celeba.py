@@ -175,9 +175,9 @@ def throughput_case(
                 f"{build['flow_and_api_cpu_share']:.0%} of the CPU",
             )
         )
-        # What these workers would give were they busy all the flow's time, after what the
-        # machine gives them and the crop's own extra work: the rest is the flow's start and
-        # scheduling.
+        # What these workers would give were they in tasks all the flow's time, from what the
+        # machine gives them and the crop's own extra work; below it: time outside tasks, the
+        # flow's and the API's CPU, and workers slowing each other more than a spin loop does.
         cores = capacity if build["workers"] == max(workers_list) else build["workers"]
         build["vs_baseline_bound"] = cores * cpu["plain_loop_ms"] / cpu["build_total_ms"]
         rows.append(
