@@ -29,6 +29,7 @@ TINY_MODELS = {
 }
 TINY_RUN = {
     "workers": 2,  # the presets train on 1 (a 2-core machine); tests run data-parallel
+    "cpus_per_worker": 1,  # the suite's cluster: two nodes of 1 CPU each
     "total_kimg": 0.384,  # 24 steps of 16 images
     "batch_per_resolution": {4: 16, 8: 16, 16: 16, 32: 16},
     "loader_processes": 0,

@@ -236,15 +236,30 @@ def test_family_trains_on_two_ray_workers_and_logs_to_mlflow(
 def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env, tmp_path):
     """The default a user gets: no RAY_ADDRESS, so the launcher starts its own local Ray (with
     the lean trainer that leaves out the helper actors it does not need) and logs the launch
-    timeline `make bench` splits."""
+    timeline `make bench` splits. One worker holding both CPUs (cpus_per_worker: 2, as the
+    BEGAN preset on a 2-core machine) runs torch on two threads."""
     env = {k: v for k, v in train_env.items() if k != "RAY_ADDRESS"}
-    result = train("wgan_gp", "local", tmp_path, env, "--data", str(small_dataset))
+    one_worker = ["--workers", "1", "--set", "cpus_per_worker=2"]
+    result = train("wgan_gp", "local", tmp_path, env, "--data", str(small_dataset), *one_worker)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "to kimg 0.384" in result.stdout
     marks = ["Ray ready (local cluster) at", "train function entered at", "first step done at"]
     output = run_log(tmp_path, "local")
+    assert "torch threads per worker: 2" in output
     times = [float(re.search(re.escape(mark) + r" (\d+\.\d+)", output).group(1)) for mark in marks]
     assert times == sorted(times)
+
+
+def test_more_cpus_than_the_local_cluster_has_are_refused(small_dataset, train_env, tmp_path):
+    """Workers asking for more CPUs than this machine's Ray has would wait for them forever:
+    refused (exit 2) once Ray has started and said how many it has, with no run written."""
+    env = {k: v for k, v in train_env.items() if k != "RAY_ADDRESS"}
+    big = ["--workers", "1", "--set", "cpus_per_worker=64"]
+    result = train("began", "greedy", tmp_path, env, "--data", str(small_dataset), *big)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "workers=1 x cpus_per_worker=64 CPUs, and this machine's Ray has" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "runs").glob("greedy/checkpoint_*"))
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])

@@ -31,6 +31,8 @@ class TrainConfig(Strict):
     data: str = "data/quickstart"  # dataset folder written by `ganforge data build`
     seed: int = Field(default=0, ge=0)  # fixes init, latents, data order: reruns are equal
     workers: int = Field(default=1, ge=1)  # Ray Train workers, one rank each (one per GPU)
+    # CPUs Ray reserves for each worker, and torch's threads in it (its intra-op pool)
+    cpus_per_worker: int = Field(default=1, ge=1)
     # elastic: after a node is lost Ray Train may go on with as few as this many workers
     # (ScalingConfig(num_workers=(min_workers, workers))), the global batch unchanged;
     # None keeps the size fixed (a lost node then waits for its replacement)

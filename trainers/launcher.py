@@ -213,6 +213,11 @@ def _train_worker(payload: dict) -> None:
     # offline by default: MLflow's usage telemetry would call out of a cluster node
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     use_gpu = payload["use_gpu"]
+    config = TrainConfig.model_validate(payload["config"])
+    # Ray sets OMP_NUM_THREADS to the worker's CPUs only where the environment has none
+    torch.set_num_threads(config.cpus_per_worker)
+    if rank == 0:
+        log.info("torch threads per worker: %d", torch.get_num_threads())
     storage = RunStorage(payload["storage"])
     options = RunOptions(
         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"),
@@ -224,7 +229,7 @@ def _train_worker(payload: dict) -> None:
         tags=payload["tags"],
     )
     session = _RaySession(payload["storage"], payload["run_name"])
-    trainer = Trainer(TrainConfig.model_validate(payload["config"]), options, session)
+    trainer = Trainer(config, options, session)
     try:
         trainer.run()
     except BaseException:
@@ -309,6 +314,12 @@ def _fit(
             log_to_driver=False,
         )
     log.info(LAUNCH_MARK, "Ray ready" + (" (local cluster)" * (not address)), time.time())
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if not address and config.workers * config.cpus_per_worker > cpus:  # it would wait forever
+        raise LaunchError(
+            f"workers={config.workers} x cpus_per_worker={config.cpus_per_worker} CPUs, and this "
+            f"machine's Ray has {cpus:g}; lower either, or join a cluster with RAY_ADDRESS"
+        )
     import ray.train
     from ray.train.torch import TorchConfig  # imports torch: after the cluster has started
     from ray.util.queue import Queue
@@ -342,7 +353,8 @@ def _fit(
             if config.min_workers
             else config.workers,
             use_gpu=request.use_gpu,
-            resources_per_worker={"GPU": 1} if request.use_gpu else {"CPU": 1},
+            resources_per_worker={"CPU": config.cpus_per_worker}
+            | ({"GPU": 1} if request.use_gpu else {}),
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
