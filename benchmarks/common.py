@@ -90,6 +90,22 @@ def parallel_capacity(processes: int, seconds: float = 2.0) -> float:
     return together / alone
 
 
+def parallel_speedup(processes: int, work: Callable[..., float], *args) -> float:
+    """How much faster `processes` copies of `work` (which returns the seconds it took for a
+    fixed amount of work) run in spawned processes at once than one alone: `processes` × its
+    time alone / their mean time together. Below parallel_capacity where the copies slow each
+    other through what a spin loop does not use (memory bandwidth, shared caches)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(work, *[[a] * processes for a in args]))  # started, imports done
+        alone = pool.submit(work, *args).result()
+        together = list(pool.map(work, *[[a] * processes for a in args]))
+    return processes * alone / statistics.mean(together)
+
+
 def ratio(value: float | None, baseline: float | None) -> float | None:
     if value is None or not baseline:
         return None
