@@ -252,7 +252,7 @@ def test_without_ray_address_a_local_cluster_is_started(small_dataset, train_env
 
 def test_more_cpus_than_the_local_cluster_has_are_refused(small_dataset, train_env, tmp_path):
     """Workers asking for more CPUs than this machine's Ray has would wait for them forever:
-    refused (exit 2) once Ray has started and said how many it has, with no run written."""
+    refused (exit 2) once Ray has started and said how many it has, before any checkpoint."""
     env = {k: v for k, v in train_env.items() if k != "RAY_ADDRESS"}
     big = ["--workers", "1", "--set", "cpus_per_worker=64"]
     result = train("began", "greedy", tmp_path, env, "--data", str(small_dataset), *big)

@@ -214,7 +214,7 @@ def _train_worker(payload: dict) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     use_gpu = payload["use_gpu"]
     config = TrainConfig.model_validate(payload["config"])
-    # Ray sets OMP_NUM_THREADS to the worker's CPUs only where the environment has none
+    # torch's threads follow the CPUs Ray reserved, whatever OMP_NUM_THREADS the worker holds
     torch.set_num_threads(config.cpus_per_worker)
     if rank == 0:
         log.info("torch threads per worker: %d", torch.get_num_threads())
@@ -314,7 +314,7 @@ def _fit(
             log_to_driver=False,
         )
     log.info(LAUNCH_MARK, "Ray ready" + (" (local cluster)" * (not address)), time.time())
-    cpus = ray.cluster_resources().get("CPU", 0)
+    cpus = 0 if address else ray.cluster_resources().get("CPU", 0)
     if not address and config.workers * config.cpus_per_worker > cpus:  # it would wait forever
         raise LaunchError(
             f"workers={config.workers} x cpus_per_worker={config.cpus_per_worker} CPUs, and this "
