@@ -314,12 +314,13 @@ def _fit(
             log_to_driver=False,
         )
     log.info(LAUNCH_MARK, "Ray ready" + (" (local cluster)" * (not address)), time.time())
-    cpus = 0 if address else ray.cluster_resources().get("CPU", 0)
-    if not address and config.workers * config.cpus_per_worker > cpus:  # it would wait forever
-        raise LaunchError(
-            f"workers={config.workers} x cpus_per_worker={config.cpus_per_worker} CPUs, and this "
-            f"machine's Ray has {cpus:g}; lower either, or join a cluster with RAY_ADDRESS"
-        )
+    if not address:  # a local cluster never grows: workers it cannot place would wait forever
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if config.workers * config.cpus_per_worker > cpus:
+            raise LaunchError(
+                f"workers={config.workers} x cpus_per_worker={config.cpus_per_worker} CPUs, and "
+                f"this machine's Ray has {cpus:g}; lower either, or join a cluster with RAY_ADDRESS"
+            )
     import ray.train
     from ray.train.torch import TorchConfig  # imports torch: after the cluster has started
     from ray.util.queue import Queue

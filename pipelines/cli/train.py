@@ -31,7 +31,9 @@ def train(
     workers: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Ray Train workers, one rank each (default: the config's workers)."
+            min=1,
+            help="Ray Train workers, one rank each (default: the config's workers); each takes "
+            "the config's cpus_per_worker CPUs (--set cpus_per_worker=N).",
         ),
     ] = None,
     gpu: Annotated[
