@@ -8,6 +8,7 @@ import scipy.ndimage
 import torch
 
 from benchmarks.metrics import frechet_distance_sqrtm
+from benchmarks.quality import weakest_colour_axis
 from pipelines.dataset.synthetic import render_face
 from trainers.metrics.statistics import (
     FeatureStatistics,
@@ -255,3 +256,18 @@ def test_swd_rejects_descriptor_sets_of_different_sizes(faces):
     fake = swd_descriptors(faces[:3], generator=seeded(0))
     with pytest.raises(ValueError, match="same number of images"):
         sliced_wasserstein_distance(real, fake)
+
+
+def test_weakest_colour_axis_finds_colours_confined_to_a_plane():
+    """The quality benchmark's colour figure: images whose blue is the mean of red and green
+    vary along two RGB directions only, and score ~0; independent channels score their
+    variance, whatever the rotation of RGB space."""
+    generator = seeded(0)
+    independent = 0.5 * torch.randn(64, 3, 8, 8, generator=generator)
+    assert weakest_colour_axis(independent) == pytest.approx(0.25, rel=0.05)
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=generator)).Q
+    rotated = torch.einsum("ij,njhw->nihw", rotation, independent)
+    assert weakest_colour_axis(rotated) == pytest.approx(weakest_colour_axis(independent))
+    planar = independent.clone()
+    planar[:, 2] = (planar[:, 0] + planar[:, 1]) / 2
+    assert weakest_colour_axis(planar) < 1e-9
