@@ -12,7 +12,7 @@ from torch import nn
 from tests.configs import tiny_config
 from trainers.loop import DirectorySession, RunOptions, Trainer
 from trainers.losses.base import Phase, StepState
-from trainers.losses.began import BEGANLoss, began_phases
+from trainers.losses.began import BEGANLoss, began_phases, mode_seeking_term
 from trainers.losses.wgan_gp import WGANGPLoss, gradient_penalty, wgan_gp_phases
 from trainers.networks.began import BEGANDiscriminator, BEGANGenerator
 from trainers.networks.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -221,13 +221,16 @@ def test_began_phases_through_a_loop_step(tmp_path):
     assert all(parameter.grad is not None for parameter in trainer.state.G.parameters())
 
 
-def test_began_updates_both_networks_from_one_pass_as_the_reference():
+@pytest.mark.parametrize("mode_seeking", [0.0, 0.5])
+def test_began_updates_both_networks_from_one_pass_as_the_reference(mode_seeking):
     """D's gradient is ∇[L(x) − k_t L(G(z))] and G's is ∇L(G(z)) at the same latents and at D
-    before its step, as the reference code's one graph gives them."""
+    before its step, as the reference code's one graph gives them; G's adds λ ∇ of the
+    mode-seeking term where λ > 0."""
     torch.manual_seed(0)
     generator = BEGANGenerator(resolution=32, latent_dim=8, channels=4)
     discriminator = BEGANDiscriminator(resolution=32, latent_dim=8, channels=4)
-    loss = BEGANLoss(generator, discriminator, LatentPrior("uniform", 8), k_initial=0.3)
+    prior = LatentPrior("uniform", 8)
+    loss = BEGANLoss(generator, discriminator, prior, k_initial=0.3, mode_seeking=mode_seeking)
     real = real_images(32)
     latents = loss.latents(BATCH, step_state(32), real.device)  # the draw the D phase makes
     fake = generator(latents, 32)
@@ -235,7 +238,8 @@ def test_began_updates_both_networks_from_one_pass_as_the_reference():
     l_fake = (fake - discriminator(fake, 32)).abs().mean()
     d_params, g_params = list(discriminator.parameters()), list(generator.parameters())
     expected_d = torch.autograd.grad(l_real - 0.3 * l_fake, d_params, retain_graph=True)
-    expected_g = torch.autograd.grad(l_fake, g_params)
+    expected_g = torch.autograd.grad(l_fake + mode_seeking * mode_seeking_term(fake, latents),
+                                     g_params)  # fmt: skip
 
     state = step_state(32)
     generator.requires_grad_(False)
@@ -253,6 +257,20 @@ def test_began_updates_both_networks_from_one_pass_as_the_reference():
         assert torch.allclose(parameter.grad, expected, atol=1e-5)
     for parameter, expected in zip(g_params, expected_g, strict=True):
         assert torch.allclose(parameter.grad, expected, atol=1e-5)
+    assert ("mode_seeking" in found_g) == (mode_seeking > 0)
+
+
+def test_mode_seeking_term_is_large_for_near_identical_pairs_and_splits_as_the_batch():
+    latents = torch.rand(8, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    images = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    close = images.clone()
+    close[1::2] = close[0::2] + 1e-3  # every pair near-identical
+    assert mode_seeking_term(close, latents) > 100 * mode_seeking_term(images, latents)
+    halves = [mode_seeking_term(images[i : i + 4], latents[i : i + 4]) for i in (0, 4)]
+    torch.testing.assert_close(sum(halves) / 2, mode_seeking_term(images, latents))
+    odd = mode_seeking_term(images[:3], latents[:3])  # the third row has no partner
+    torch.testing.assert_close(odd, mode_seeking_term(images[:2], latents[:2]))
+    assert mode_seeking_term(images[:1], latents[:1]) == 0
 
 
 def test_began_g_phase_needs_the_d_phase_of_its_step():

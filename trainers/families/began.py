@@ -41,6 +41,8 @@ class BeganConfig(FixedResolutionConfig):
     gamma: float = Field(default=0.5, gt=0, le=1)  # diversity ratio γ of the paper
     lambda_k: float = Field(default=0.001, gt=0)  # λ_k: k_t's proportional gain
     k_initial: float = Field(default=0.0, ge=0, le=1)  # k_0 = 0 in the paper
+    # weight of MSGAN's mode-seeking term in G's loss (losses/began.py); 0: off, as the paper
+    mode_seeking: float = Field(default=0.0, ge=0)
     lr_halve_every_kimg: float = Field(default=1600.0, gt=0)  # reference: every 100k steps of 16
     lr_floor: float = Field(default=2e-5, gt=0)  # the reference code stops decaying here
     optimizers: BeganOptimizers = BeganOptimizers()
@@ -84,6 +86,7 @@ class Began(Family):
             gamma=c.gamma,
             lambda_k=c.lambda_k,
             k_initial=c.k_initial,
+            mode_seeking=c.mode_seeking,
         )
 
     def phases(self):

@@ -13,6 +13,19 @@ def began_phases() -> list[Phase]:
     return [Phase("D", "D"), Phase("G", "G")]
 
 
+def mode_seeking_term(fake: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al. 2019) over the pairs of rows (0, 1), (2, 3), ...:
+    the mean over pairs of |z1 − z2| / |G(z1) − G(z2)| (mean absolute differences), which is
+    large where two latents give near-identical images. Per pair, so the mean splits over
+    ranks as the batch does; an odd batch's last row takes no part."""
+    even = len(fake) // 2 * 2
+    if not even:
+        return fake.sum() * 0.0  # one row: no pair
+    images = (fake[0:even:2] - fake[1:even:2]).abs().flatten(1).mean(1)
+    codes = (latents[0:even:2] - latents[1:even:2]).abs().mean(1)
+    return (codes / (images + 1e-5 * codes)).mean()
+
+
 class BEGANLoss(GanLoss):
     def __init__(
         self,
@@ -22,8 +35,10 @@ class BEGANLoss(GanLoss):
         gamma: float = 0.5,  # diversity ratio E[L(G(z))] / E[L(x)]; lower is sharper, less varied
         lambda_k: float = 0.001,  # proportional gain of the k_t controller
         k_initial: float = 0.0,
+        mode_seeking: float = 0.0,  # weight of mode_seeking_term in G's loss; 0: the paper's
     ):
         super().__init__(generator, discriminator, prior)
+        self.mode_seeking = mode_seeking
         self.gamma = gamma
         self.lambda_k = lambda_k
         # float64: k_t moves by ~1e-4 a step, which float32 rounding would distort near 1.
@@ -68,8 +83,13 @@ class BEGANLoss(GanLoss):
             raise RuntimeError("BEGAN's G phase needs the D phase of the same step before it")
         latents, fake_gradient, reconstruction_fake = self._pending
         self._pending = None
-        self.generate_from(latents, state).backward(fake_gradient)
-        return {"loss": reconstruction_fake}  # L(G(z)) of these fakes, at the pre-step D
+        fake = self.generate_from(latents, state)
+        if not self.mode_seeking:
+            fake.backward(fake_gradient)
+            return {"loss": reconstruction_fake}  # L(G(z)) of these fakes, at the pre-step D
+        mode_seeking = mode_seeking_term(fake, latents)
+        ((fake * fake_gradient).sum() + self.mode_seeking * mode_seeking).backward()
+        return {"loss": reconstruction_fake, "mode_seeking": mode_seeking.detach()}
 
     def end_step(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # "D/": the name of the phase that measured them in began_phases().
